@@ -1,0 +1,7 @@
+"""Built-in plugin of ``miro_eval``: lists the modules whose ``@hookimpl`` functions register components.
+
+Registered through the ``miro`` entry-point group exactly like a third-party plugin.
+"""
+
+miro_plugins = [
+]
