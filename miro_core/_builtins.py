@@ -4,5 +4,11 @@ Registered through the ``miro`` entry-point group like any third-party plugin.
 """
 
 miro_plugins = [
+    "miro_core.cli.train_cmd",
+    "miro_core.cli.sample_cmd",
     "miro_core.cli.plugins_cmd",
+    "miro_core.data.sources",
+    "miro_core.cli.score_cmd",
+    "miro_core.cli.bin_cmd",
+    "miro_core.cli.store_cmd",
 ]

@@ -46,6 +46,34 @@ class EmptyConfig:
 converter = cattrs.Converter(forbid_extra_keys=True)
 
 
+def _strict_scalar(value: Any, cls: type) -> Any:
+    """Structure hook for int/float/bool/str: no silent coercion (1.5 -> 1, "false" -> True, 5 -> "5")."""
+    import numbers
+    import os
+
+    kind = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[cls]
+    ok = False
+    if cls is bool:
+        ok = isinstance(value, bool)
+    elif isinstance(value, bool):
+        ok = False
+    elif cls is int:
+        ok = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
+    elif cls is float:
+        ok = isinstance(value, numbers.Real)
+    elif cls is str:
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        ok = isinstance(value, str)
+    if not ok:
+        raise TypeError(f"expected {kind}, got {type(value).__name__} {value!r}")
+    return cls(value)
+
+
+for _scalar in (int, float, bool, str):
+    converter.register_structure_hook(_scalar, _strict_scalar)
+
+
 def _messages(exc: BaseException, path: str) -> list[str]:
     """Flatten a cattrs error tree into ``path: message`` lines."""
     if isinstance(exc, ForbiddenExtraKeysError):
@@ -66,7 +94,9 @@ def _messages(exc: BaseException, path: str) -> list[str]:
                 out.extend(_messages(sub, path))
             return out
     if isinstance(exc, KeyError):
-        return [f"{path}.{exc.args[0]}: required field missing"]
+        key = str(exc.args[0]) if exc.args else "?"
+        field_path = path if path.endswith(f".{key}") else f"{path}.{key}"
+        return [f"{field_path}: required field missing"]
     return [f"{path}: {type(exc).__name__}: {exc}"]
 
 

@@ -169,8 +169,22 @@ class PluginHost:
             self._load_entrypoints()
         for plugin, name in extra_plugins or []:
             self.add_plugin(plugin, name=name)
-        self.pm.check_pending()
+        self._check_pending()
         self._collect()
+
+    def _check_pending(self) -> None:
+        """Fail loudly, naming plugin and distribution, on ``miro_*`` hook functions no hookspec knows."""
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            dist, version, pname = self._sources.get(id(exc.plugin), (LOCAL_DISTRIBUTION, "", str(exc.plugin)))
+            known = [n for n in dir(_hookspecs) if n.startswith("miro_")]
+            unknown = [n for n in dir(exc.plugin) if n not in known and hasattr(getattr(exc.plugin, n, None), "miro_impl")]
+            hint = "".join(did_you_mean(n, known) for n in unknown)
+            raise PluginLoadError(
+                f"Plugin {pname!r} (distribution {dist} {version}) implements unknown hook(s) "
+                f"{', '.join(unknown) or '?'}: {exc}.{hint} Known hooks: {', '.join(known)}."
+            ) from exc
 
     # -- loading ------------------------------------------------------------------------------------
     def _load_entrypoints(self) -> None:

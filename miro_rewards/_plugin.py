@@ -4,4 +4,16 @@ Registered through the ``miro`` entry-point group exactly like a third-party plu
 """
 
 miro_plugins = [
+    "miro_rewards.aesthetic",
+    "miro_rewards.hpsv2",
+    "miro_rewards.pick",
+    "miro_rewards.sciscore",
+    "miro_rewards.openai_clip",
+    "miro_rewards.download_cmd",
+    "miro_rewards.image_reward",
+    "miro_rewards.vqa",
+    "miro_rewards.jina_clip",
+    "miro_rewards.binning.quantile",
+    "miro_rewards.binning.uniform",
+    "miro_rewards.binning.refined_quantile",
 ]

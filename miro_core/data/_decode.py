@@ -1,0 +1,102 @@
+"""Image decoding: anything a :class:`~miro_core.Sample` may carry -> float32 ``[3, H, W]`` in [0, 1]."""
+
+from __future__ import annotations
+
+__all__ = ["to_tensor", "ImageDecodeError"]
+
+import io
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._errors import MiroError
+
+
+class ImageDecodeError(MiroError, ValueError):
+    """An image could not be read or decoded (the scoring pipeline records it as a per-sample failure)."""
+
+
+def _from_pil(img) -> torch.Tensor:
+    from PIL import Image
+
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # composite on white rather than dropping alpha to black
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(bg, rgba)
+    img = img.convert("RGB")
+    arr = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def _decode_bytes(data: bytes, what: str) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return _from_pil(img)
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(f"Cannot decode image {what}: not a recognised image format") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageDecodeError(f"Cannot decode image {what}: {type(exc).__name__}: {exc}") from exc
+
+
+def to_tensor(image: Any) -> torch.Tensor:
+    """Decode ``image`` to a float32 tensor ``[3, H, W]`` in [0, 1] (RGB).
+
+    Accepts encoded bytes (PNG/JPEG/WebP/...), a local path or fsspec URL (``str`` / ``os.PathLike``), a PIL
+    image (any mode; alpha is composited on white), a uint8 ``HWC`` / ``HW`` numpy array, or a float ``CHW``
+    tensor/array in [0, 1]. Raises :class:`ImageDecodeError` for anything unreadable.
+    """
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return _decode_bytes(bytes(image), f"({len(image)} bytes)")
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        try:
+            if "://" in path:
+                import fsspec
+
+                with fsspec.open(path, "rb") as f:
+                    data = f.read()
+            else:
+                with open(path, "rb") as f:
+                    data = f.read()
+        except (OSError, ValueError) as exc:
+            raise ImageDecodeError(f"Cannot read image file {path}: {exc}") from exc
+        return _decode_bytes(data, path)
+    try:
+        from PIL import Image
+
+        if isinstance(image, Image.Image):
+            return _from_pil(image)
+    except ImportError:  # pragma: no cover - pillow is a dependency
+        pass
+    if isinstance(image, np.ndarray):
+        if image.dtype == np.uint8:
+            if image.ndim == 2:
+                image = np.repeat(image[..., None], 3, axis=2)
+            if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+                raise ImageDecodeError(f"uint8 image arrays must be HWC with 1, 3 or 4 channels, got shape {image.shape}.")
+            if image.shape[2] == 1:
+                image = np.repeat(image, 3, axis=2)
+            t = torch.from_numpy(np.ascontiguousarray(image[..., :3])).permute(2, 0, 1).float().div_(255.0)
+            return t
+        image = torch.from_numpy(np.asarray(image, dtype=np.float32))
+    if isinstance(image, torch.Tensor):
+        t = image.detach().to("cpu", torch.float32)
+        if t.ndim == 3 and t.shape[0] == 1:
+            t = t.expand(3, -1, -1)
+        if t.ndim != 3 or t.shape[0] != 3:
+            raise ImageDecodeError(f"Float image tensors must be CHW with 3 channels, got shape {tuple(t.shape)}.")
+        if not torch.isfinite(t).all():
+            raise ImageDecodeError("Image tensor contains NaN or inf values.")
+        return t.clamp(0.0, 1.0).contiguous()
+    if image is None:
+        raise ImageDecodeError("Sample has no image (None).")
+    raise ImageDecodeError(
+        f"Unsupported image type {type(image).__name__}; pass bytes, a path, a PIL image, a uint8 HWC array or "
+        "a float CHW tensor in [0, 1]."
+    )

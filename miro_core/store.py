@@ -1,0 +1,598 @@
+"""The reward table store: raw reward scores, failures and bins of a dataset in one Zarr v3 group.
+
+Layout (DESIGN.md section 5, documented in ``docs/store.md``)::
+
+    <root>/zarr.json                 attrs: miro_store_format, format_version, num_rows (committed), chunk_rows,
+                                            config (of the job that created it), history (jobs that wrote it)
+    ids              [N] str          unique sample ids
+    captions         [N] str          (optional)
+    short_captions   [N] str          (optional, "" = none)
+    scores/<reward>  [N] float32      NaN = not scored or failed; attrs: provenance (see ensure_reward)
+    failures/<reward>[N] str          "" = no failure, else the reason
+    done/<reward>    [N] uint8        0 pending, 1 scored, 2 failed, 3 scored with a truncated caption,
+                                      4 scored with the short caption. Written after scores/failures of a
+                                      chunk: a row counts as done only once both are on disk.
+    bins/<binner>/<reward> [N] int16  -1 = missing; attrs: fitted state, binner, options, calibration
+
+Every array is chunked along rows with the same ``chunk_rows``; writers write whole chunks, so disjoint
+writers (ranks of one job) never touch the same object. Local paths use zarr's ``LocalStore`` (atomic
+write-then-rename), other URLs go through fsspec (object stores put whole objects atomically).
+"""
+
+from __future__ import annotations
+
+__all__ = ["RewardStore", "STATUS", "FORMAT_VERSION", "open_store"]
+
+import json
+import logging
+import os
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ._errors import StoreError
+
+log = logging.getLogger(__name__)
+
+FORMAT_NAME = "miro-reward-store"
+FORMAT_VERSION = 1
+DEFAULT_CHUNK_ROWS = 4096
+
+#: codes of the ``done/<reward>`` arrays
+STATUS = {"pending": 0, "scored": 1, "failed": 2, "truncated": 3, "short_caption": 4}
+
+# keys of reward metadata that must match for scores to be comparable
+_COMPAT_KEYS = ("version", "config", "model_id", "revision")
+
+
+def _silence_zarr_warnings() -> None:
+    warnings.filterwarnings("ignore", message=".*Consolidated metadata.*", category=UserWarning)
+    warnings.filterwarnings("ignore", message=".*StringDType.*", category=UserWarning)
+    warnings.filterwarnings("ignore", message=".*vlen-utf8.*", category=UserWarning)
+
+
+def _to_store(url: str, mode: str):
+    """A zarr store object for ``url``: LocalStore for local paths, FsspecStore otherwise."""
+    import zarr.storage
+
+    read_only = mode == "r"
+    if url.startswith("file://"):
+        url = url[len("file://") :]
+    if "://" not in url:
+        path = os.path.abspath(os.path.expanduser(url))
+        if not read_only:
+            try:
+                os.makedirs(path, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"Cannot create the store directory {path}: {exc.strerror}. Pass a writable --store location."
+                ) from exc
+            if not os.access(path, os.W_OK):
+                raise StoreError(f"Store location {path} is not writable; pass a writable --store location.")
+        return zarr.storage.LocalStore(path, read_only=read_only)
+    try:
+        return zarr.storage.FsspecStore.from_url(url, read_only=read_only)
+    except (ValueError, ImportError, OSError) as exc:
+        raise StoreError(f"Cannot open store URL {url!r}: {exc}. Use a local path or an fsspec URL (memory://, s3://...).") from exc
+
+
+def _str_array(values: Sequence[Any] | None, n: int) -> np.ndarray:
+    if values is None:
+        return np.array([""] * n, dtype=np.dtypes.StringDType())
+    out = np.array(["" if v is None else str(v) for v in values], dtype=np.dtypes.StringDType())
+    if out.shape != (n,):
+        raise StoreError(f"Expected {n} values, got {out.shape[0]}; ids, captions and short captions must align.")
+    return out
+
+
+def _as_str(values) -> np.ndarray:
+    """A numpy unicode array from a zarr string read (StringDType / object)."""
+    return np.array([str(v) for v in np.asarray(values).tolist()], dtype=str)
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+class RewardStore:
+    """A reward table (see the module docstring for the layout). Build with :meth:`create` / :meth:`open`."""
+
+    def __init__(self, url: str, group, mode: str):
+        self.url = url
+        self._group = group
+        self.mode = mode
+        self._ids_cache: np.ndarray | None = None
+        self._index: dict[str, int] | None = None
+
+    # ------------------------------------------------------------------------------------------ open
+    @classmethod
+    def create(
+        cls,
+        url: str,
+        ids: Sequence[str],
+        captions: Sequence[str] | None = None,
+        short_captions: Sequence[str | None] | None = None,
+        *,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        overwrite: bool = False,
+        config: Mapping[str, Any] | None = None,
+    ) -> RewardStore:
+        """Create a store with one row per id. Raises :class:`StoreError` if one exists (unless ``overwrite``)."""
+        import zarr
+
+        _silence_zarr_warnings()
+        if chunk_rows < 1:
+            raise StoreError(f"chunk_rows must be >= 1, got {chunk_rows}.")
+        ids = [str(i) for i in ids]
+        cls._check_unique(ids)
+        store = _to_store(url, "w")
+        if not overwrite and cls._exists(store):
+            raise StoreError(
+                f"A reward store already exists at {url}. Open it with RewardStore.open(url, 'a') to add rows or "
+                "rewards, or pass overwrite=True to replace it."
+            )
+        try:
+            group = zarr.open_group(store=store, mode="w", zarr_format=3)
+        except (OSError, PermissionError) as exc:
+            raise StoreError(f"Cannot write a store at {url}: {exc}. Pass a writable --store location.") from exc
+        n = len(ids)
+        group.attrs.update(
+            {
+                "miro_store_format": FORMAT_NAME,
+                "format_version": FORMAT_VERSION,
+                "chunk_rows": int(chunk_rows),
+                "num_rows": 0,
+                "config": _jsonable(dict(config or {})),
+                "history": [],
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+        )
+        self = cls(url, group, "a")
+        self._make_str("ids", n)
+        if captions is not None:
+            self._make_str("captions", n)
+        if short_captions is not None:
+            self._make_str("short_captions", n)
+        self._write_rows(0, ids, captions, short_captions)
+        group.attrs["num_rows"] = n  # commit point: rows below num_rows are valid
+        self._consolidate()
+        return self
+
+    @classmethod
+    def open(cls, url: str, mode: str = "r") -> RewardStore:
+        """Open an existing store for reading (``"r"``) or appending/scoring (``"a"``)."""
+        import zarr
+
+        _silence_zarr_warnings()
+        if mode not in ("r", "a"):
+            raise StoreError(f"Store mode must be 'r' or 'a', got {mode!r}.")
+        if mode == "r" and "://" not in url.replace("file://", "") and not os.path.exists(url.replace("file://", "")):
+            raise StoreError(f"No reward store at {url}: the path does not exist. Create one with `miro score`.")
+        store = _to_store(url, mode)
+        if not cls._exists(store):
+            raise StoreError(f"No reward store at {url} (no zarr group there). Create one with `miro score --store {url}`.")
+        try:
+            group = zarr.open_group(store=store, mode="r" if mode == "r" else "r+")
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            raise StoreError(f"{url} is not a readable zarr group ({exc}); is it a MIRO reward store?") from exc
+        if group.attrs.get("miro_store_format") != FORMAT_NAME:
+            raise StoreError(f"{url} is a zarr group but not a MIRO reward store (no miro_store_format attribute).")
+        version = int(group.attrs.get("format_version", 0))
+        if version > FORMAT_VERSION:
+            raise StoreError(
+                f"Store {url} has format version {version}; this miro reads up to {FORMAT_VERSION}. Upgrade miro."
+            )
+        if mode == "a":
+            # the consolidated copy may lag the real metadata if a writer was killed; re-read the truth
+            group = zarr.open_group(store=store, mode="r+", use_consolidated=False)
+        return cls(url, group, mode)
+
+    @staticmethod
+    def _exists(store) -> bool:
+        import asyncio
+
+        from zarr.core.sync import sync
+
+        async def _check():
+            return await store.exists("zarr.json")
+
+        try:
+            return bool(sync(_check()))
+        except (OSError, asyncio.TimeoutError):
+            return False
+
+    @staticmethod
+    def _check_unique(ids: Sequence[str], existing: Mapping[str, int] | None = None) -> None:
+        seen: set[str] = set()
+        for i in ids:
+            if i in seen or (existing is not None and i in existing):
+                raise StoreError(f"Duplicate sample id {i!r}; ids must be unique in a reward store.")
+            if i == "":
+                raise StoreError("Empty sample id; every sample needs a non-empty id.")
+            seen.add(i)
+
+    # ------------------------------------------------------------------------------------ internals
+    @property
+    def chunk_rows(self) -> int:
+        return int(self._group.attrs["chunk_rows"])
+
+    @property
+    def num_rows(self) -> int:
+        return int(self._group.attrs["num_rows"])
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self._group.attrs)
+
+    def _writable(self) -> None:
+        if self.mode != "a":
+            raise StoreError(f"Store {self.url} was opened read-only; open it with mode='a' to write.")
+
+    def _capacity(self) -> int:
+        return int(self._group["ids"].shape[0])
+
+    def _make_str(self, path: str, n: int):
+        return self._group.create_array(path, shape=(n,), chunks=(self.chunk_rows,), dtype=str, fill_value="", overwrite=True)
+
+    def _make(self, path: str, dtype, fill, attrs: Mapping[str, Any] | None = None):
+        arr = self._group.create_array(
+            path, shape=(self._capacity(),), chunks=(self.chunk_rows,), dtype=dtype, fill_value=fill, overwrite=True
+        )
+        if attrs:
+            arr.attrs.update(_jsonable(dict(attrs)))
+        return arr
+
+    def _has(self, path: str) -> bool:
+        try:
+            self._group[path]
+            return True
+        except KeyError:
+            return False
+
+    def _arr(self, path: str):
+        try:
+            return self._group[path]
+        except KeyError:
+            raise StoreError(f"Store {self.url} has no array {path!r}.") from None
+
+    def _all_row_arrays(self):
+        out = []
+
+        def walk(g):
+            for _, a in g.arrays():
+                out.append(a)
+            for _, sub in g.groups():
+                walk(sub)
+
+        walk(self._group)
+        return out
+
+    def _consolidate(self) -> None:
+        import zarr
+
+        zarr.consolidate_metadata(self._group.store)
+
+    def _write_rows(self, start: int, ids, captions, short_captions) -> None:
+        n = len(ids)
+        self._group["ids"][start : start + n] = _str_array(ids, n)
+        if self._has("captions"):
+            self._group["captions"][start : start + n] = _str_array(captions, n)
+        if self._has("short_captions"):
+            self._group["short_captions"][start : start + n] = _str_array(short_captions, n)
+        self._ids_cache = None
+        self._index = None
+
+    # ------------------------------------------------------------------------------------------ rows
+    def ids(self) -> np.ndarray:
+        if self._ids_cache is None:
+            self._ids_cache = _as_str(self._group["ids"][: self.num_rows])
+        return self._ids_cache
+
+    def captions(self) -> np.ndarray | None:
+        return _as_str(self._group["captions"][: self.num_rows]) if self._has("captions") else None
+
+    def short_captions(self) -> np.ndarray | None:
+        if not self._has("short_captions"):
+            return None
+        return _as_str(self._group["short_captions"][: self.num_rows])
+
+    def id_index(self) -> dict[str, int]:
+        """``{id: row}`` for every row (cached)."""
+        if self._index is None:
+            self._index = {s: i for i, s in enumerate(self.ids().tolist())}
+        return self._index
+
+    def index_of(self, ids: Sequence[str]) -> np.ndarray:
+        """Row numbers of ``ids``; :class:`StoreError` naming the first unknown id."""
+        index = self.id_index()
+        out = np.empty(len(ids), dtype=np.int64)
+        for k, i in enumerate(ids):
+            try:
+                out[k] = index[str(i)]
+            except KeyError:
+                raise StoreError(f"Sample id {i!r} is not in store {self.url} ({self.num_rows} rows).") from None
+        return out
+
+    def append_rows(self, ids: Sequence[str], captions: Sequence[str] | None = None, short_captions=None) -> None:
+        """Append rows (all arrays grow; new rows are pending for every reward). Ids must stay unique."""
+        self._writable()
+        ids = [str(i) for i in ids]
+        if not ids:
+            return
+        self._check_unique(ids, self.id_index())
+        start = self.num_rows
+        new_n = start + len(ids)
+        if new_n > self._capacity() or any(a.shape[0] != self._capacity() for a in self._all_row_arrays()):
+            cap = max(new_n, self._capacity())
+            for arr in self._all_row_arrays():
+                arr.resize((cap,))
+                if arr.shape[0] > start:
+                    # rows past the commit point may hold data of an interrupted append: reset them
+                    arr[start:cap] = arr.fill_value
+            self._consolidate()
+        if captions is None and self._has("captions"):
+            captions = [""] * len(ids)
+        if short_captions is not None and not self._has("short_captions"):
+            self._make_str("short_captions", self._capacity())
+        self._write_rows(start, ids, captions, short_captions)
+        for arr in self._all_row_arrays():
+            name = arr.path.split("/")[0]
+            if name in ("done", "scores", "failures", "bins"):
+                arr[start:new_n] = arr.fill_value
+        self._group.attrs["num_rows"] = new_n
+        self._consolidate()
+
+    # --------------------------------------------------------------------------------------- rewards
+    def rewards(self) -> list[str]:
+        if not self._has("scores"):
+            return []
+        return sorted(name for name, _ in self._group["scores"].arrays())
+
+    def reward_metadata(self, name: str) -> dict[str, Any]:
+        return dict(self._arr(f"scores/{name}").attrs)
+
+    def ensure_reward(self, name: str, metadata: Mapping[str, Any]) -> None:
+        """Create the columns of reward ``name`` or check that ``metadata`` matches the stored provenance."""
+        metadata = _jsonable(dict(metadata))
+        if name in self.rewards():
+            have = self.reward_metadata(name)
+            diffs = [
+                f"{k}: store has {have.get(k)!r}, this run has {metadata.get(k)!r}"
+                for k in _COMPAT_KEYS
+                if (k in have or k in metadata) and have.get(k) != metadata.get(k)
+            ]
+            if diffs:
+                raise StoreError(
+                    f"Reward {name!r} in store {self.url} was scored with a different reward version or "
+                    f"configuration ({'; '.join(diffs)}). Scores of different versions are not comparable: score "
+                    "into a new store, or drop the old column first (RewardStore.drop_reward)."
+                )
+            return
+        self._writable()
+        attrs = {**metadata, "reward": name, "count_scored": 0, "count_failed": 0, "count_truncated": 0,
+                 "count_short_caption": 0}
+        self._make(f"scores/{name}", "float32", float("nan"), attrs)
+        self._make(f"failures/{name}", str, "")
+        self._make(f"done/{name}", "uint8", 0)
+        self._consolidate()
+
+    def drop_reward(self, name: str) -> None:
+        """Delete every array of reward ``name`` (scores, failures, done and its bins)."""
+        self._writable()
+        for path in (f"scores/{name}", f"failures/{name}", f"done/{name}"):
+            if self._has(path):
+                del self._group[path]
+        for binner in self.binnings():
+            if self._has(f"bins/{binner}/{name}"):
+                del self._group[f"bins/{binner}/{name}"]
+        self._consolidate()
+
+    def scores(self, name: str) -> np.ndarray:
+        return np.asarray(self._arr(f"scores/{name}")[: self.num_rows], dtype=np.float32)
+
+    def status(self, name: str) -> np.ndarray:
+        """The ``done/<reward>`` codes (see :data:`STATUS`)."""
+        return np.asarray(self._arr(f"done/{name}")[: self.num_rows], dtype=np.uint8)
+
+    def scored_mask(self, name: str) -> np.ndarray:
+        """True where the reward has a result (a score or a recorded failure): those rows are not rescored."""
+        return self.status(name) != STATUS["pending"]
+
+    def chunk_bounds(self, chunk: int) -> tuple[int, int]:
+        c = self.chunk_rows
+        return chunk * c, min((chunk + 1) * c, self.num_rows)
+
+    def num_chunks(self) -> int:
+        return -(-self.num_rows // self.chunk_rows)
+
+    def write_scores(self, name: str, start: int, values, *, reasons: Sequence[str] | None = None,
+                     status: np.ndarray | None = None) -> None:
+        """Write scores of rows ``start:start+len(values)`` (chunk-aligned), then mark them done.
+
+        ``reasons`` (``""`` = ok) go to ``failures/<reward>``; ``status`` gives the ``done`` codes (default:
+        scored where finite, failed elsewhere). The done marks are written last, so an interruption leaves
+        the rows pending and a resumed job rescores them.
+        """
+        self._writable()
+        values = np.asarray(values, dtype=np.float32).reshape(-1)
+        n = values.shape[0]
+        end = start + n
+        c = self.chunk_rows
+        if start % c or (end % c and end != self.num_rows) or end > self.num_rows:
+            raise StoreError(
+                f"write_scores({name!r}, start={start}, n={n}) is not chunk-aligned (chunk_rows={c}, "
+                f"num_rows={self.num_rows}); write whole chunks so concurrent writers never share one."
+            )
+        if reasons is None:
+            reasons = ["" if np.isfinite(v) else "non-finite score" for v in values]
+        reasons_arr = _str_array(reasons, n)
+        if status is None:
+            status = np.where(np.isfinite(values), STATUS["scored"], STATUS["failed"]).astype(np.uint8)
+        status = np.asarray(status, dtype=np.uint8)
+        values = np.where(status == STATUS["failed"], np.float32("nan"), values).astype(np.float32)
+        self._arr(f"scores/{name}")[start:end] = values
+        self._arr(f"failures/{name}")[start:end] = reasons_arr
+        self._arr(f"done/{name}")[start:end] = status
+
+    def record_failures(self, name: str, ids: Sequence[str], reasons: Sequence[str]) -> None:
+        """Mark ``ids`` as failed for ``name`` with their reasons (row-level writes: one writer only)."""
+        self._writable()
+        rows = self.index_of(ids)
+        if len(reasons) != len(rows):
+            raise StoreError("record_failures needs one reason per id.")
+        for r, reason in zip(rows.tolist(), reasons):
+            self._arr(f"scores/{name}")[r] = np.float32("nan")
+            self._arr(f"failures/{name}")[r] = str(reason) or "failed"
+            self._arr(f"done/{name}")[r] = STATUS["failed"]
+
+    def failures(self, name: str) -> list[tuple[str, str]]:
+        reasons = _as_str(self._arr(f"failures/{name}")[: self.num_rows])
+        rows = np.flatnonzero(reasons != "")
+        ids = self.ids()
+        return [(str(ids[r]), str(reasons[r])) for r in rows]
+
+    def reward_counts(self, name: str) -> dict[str, int]:
+        st = self.status(name)
+        scored = int(np.isin(st, [STATUS["scored"], STATUS["truncated"], STATUS["short_caption"]]).sum())
+        failed = int((st == STATUS["failed"]).sum())
+        return {
+            "scored": scored,
+            "failed": failed,
+            "missing": int(st.shape[0] - scored - failed),
+            "truncated": int((st == STATUS["truncated"]).sum()),
+            "short_caption": int((st == STATUS["short_caption"]).sum()),
+        }
+
+    def finalize_reward(self, name: str) -> dict[str, int]:
+        """Recompute the count attrs of ``scores/<reward>`` from the arrays (one writer, after a job)."""
+        self._writable()
+        counts = self.reward_counts(name)
+        self._arr(f"scores/{name}").attrs.update(
+            {
+                "count_scored": counts["scored"],
+                "count_failed": counts["failed"],
+                "count_truncated": counts["truncated"],
+                "count_short_caption": counts["short_caption"],
+            }
+        )
+        self._consolidate()
+        return counts
+
+    def add_history(self, record: Mapping[str, Any]) -> None:
+        self._writable()
+        hist = list(self._group.attrs.get("history", []))
+        hist.append(_jsonable(dict(record)))
+        self._group.attrs["history"] = hist
+        self._consolidate()
+
+    # ------------------------------------------------------------------------------------------ bins
+    def binnings(self) -> dict[str, list[str]]:
+        if not self._has("bins"):
+            return {}
+        return {b: sorted(n for n, _ in g.arrays()) for b, g in sorted(self._group["bins"].groups())}
+
+    def bins(self, binner: str, reward: str) -> np.ndarray:
+        return np.asarray(self._arr(f"bins/{binner}/{reward}")[: self.num_rows], dtype=np.int16)
+
+    def bin_attrs(self, binner: str, reward: str) -> dict[str, Any]:
+        return dict(self._arr(f"bins/{binner}/{reward}").attrs)
+
+    def bin_state(self, binner: str, reward: str) -> dict[str, Any]:
+        return dict(self.bin_attrs(binner, reward)["state"])
+
+    def bin(self, binner_name: str, options: Mapping[str, Any] | None = None, rewards: Sequence[str] | None = None,
+            calibration_size: int = 100_000, seed: int = 0) -> dict[str, dict[str, Any]]:
+        """Fit ``binner_name`` per reward on a seeded calibration subset of the scored rows (all of them if
+        fewer), transform every row and write ``bins/<binner>/<reward>``. Never rescores."""
+        from ._plugins import registry
+
+        self._writable()
+        available = self.rewards()
+        rewards = list(rewards) if rewards else available
+        for r in rewards:
+            if r not in available:
+                from ._errors import did_you_mean
+
+                raise StoreError(
+                    f"Reward {r!r} has no scores in store {self.url}.{did_you_mean(r, available)} "
+                    f"Scored rewards: {', '.join(available) or '(none)'}. Score it first with `miro score`."
+                )
+        reg = registry("binners").get(binner_name)
+        binner = registry("binners").create(binner_name, dict(options or {}))
+        states: dict[str, dict[str, Any]] = {}
+        for r in rewards:
+            scores = self.scores(r)
+            finite = np.flatnonzero(np.isfinite(scores))
+            if finite.size == 0:
+                raise StoreError(f"Reward {r!r} in store {self.url} has no finite scores to fit a binner on.")
+            if finite.size > calibration_size:
+                rng = np.random.default_rng(seed)
+                calib = np.sort(rng.choice(finite, size=calibration_size, replace=False))
+            else:
+                calib = finite
+            state = _jsonable(binner.fit(scores[calib]))
+            bins = np.asarray(binner.transform(scores, state)).astype(np.int16)
+            attrs = {
+                "binner": binner_name,
+                "options": binner.config_dict(),
+                "num_bins": binner.num_bins,
+                "state": state,
+                "calibration_size": int(calib.size),
+                "calibration_requested": int(calibration_size),
+                "seed": int(seed),
+                "distribution": reg.distribution,
+                "distribution_version": reg.version,
+                "reward_metadata": {k: self.reward_metadata(r).get(k) for k in _COMPAT_KEYS},
+            }
+            arr = self._make(f"bins/{binner_name}/{r}", "int16", -1, attrs)
+            arr[: self.num_rows] = bins
+            states[r] = state
+        self._consolidate()
+        return states
+
+    def levels(self, rewards: Sequence[str], binner: str, rows=None) -> np.ndarray:
+        """Normalised levels ``k/(B-1)`` as float32 ``[n, len(rewards)]``; NaN where the bin is missing."""
+        from .interfaces import Binner
+
+        have = self.binnings().get(binner)
+        if have is None:
+            raise StoreError(
+                f"Store {self.url} has no bins of binner {binner!r} (present: {', '.join(self.binnings()) or 'none'}). "
+                f"Run `miro bin --store {self.url} --binner {binner}`."
+            )
+        cols = []
+        for r in rewards:
+            if r not in have:
+                raise StoreError(
+                    f"Reward {r!r} is not binned with {binner!r} in {self.url} (binned: {', '.join(have)}). "
+                    f"Run `miro bin --store {self.url} --binner {binner} --rewards {r}`."
+                )
+            b = self.bins(binner, r)
+            if rows is not None:
+                b = b[np.asarray(rows)]
+            cols.append(Binner.levels(b, int(self.bin_attrs(binner, r)["num_bins"])))
+        n = len(cols[0]) if cols else (self.num_rows if rows is None else len(np.asarray(rows)))
+        return np.stack(cols, axis=1).astype(np.float32) if cols else np.zeros((n, 0), np.float32)
+
+    # ------------------------------------------------------------------------------------------ info
+    def info(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "format_version": int(self._group.attrs.get("format_version", 0)),
+            "num_rows": self.num_rows,
+            "chunk_rows": self.chunk_rows,
+            "has_captions": self._has("captions"),
+            "has_short_captions": self._has("short_captions"),
+            "rewards": {r: self.reward_counts(r) for r in self.rewards()},
+            "binners": self.binnings(),
+        }
+
+    def __repr__(self) -> str:
+        return f"RewardStore({self.url!r}, rows={self.num_rows}, rewards={self.rewards()})"
+
+
+def open_store(url: str, mode: str = "r") -> RewardStore:
+    return RewardStore.open(url, mode)

@@ -1,0 +1,106 @@
+"""``TrainConfig``: the full, resolved description of a training run (saved in every checkpoint).
+
+TOML files mirror these classes (``[model.backbone]``, ``[data]``, ``[optim]``, ...); ``--set a.b=c`` overrides
+single fields. ``structure(data, TrainConfig)`` rejects unknown keys and names the offending field path.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DataConfig", "OptimConfig", "SampleConfig", "TrainConfig", "NO_REWARDS"]
+
+from typing import Any, Literal
+
+import attrs
+
+from .._config import config
+from ..flow import FlowConfig
+from ..model import ModelConfig
+
+#: ``data.rewards`` values meaning "no reward conditioning" (the baseline).
+NO_REWARDS = ("none",)
+
+
+@config
+class DataConfig:
+    """Data, reward store and conditioning inputs.
+
+    ``rewards``: reward names from the store (``()`` or ``("none",)`` = unconditioned baseline,
+    ``("all",)`` = every reward binned with ``binner``). ``reward_dropout``: per-reward probability of
+    replacing a level by NaN (= missing) during training, e.g. ``{"aesthetic": 0.1}``; the key ``"*"``
+    applies to every reward without its own entry. ``caption_dropout``: probability of training on the
+    empty caption (makes text-dropping guidance in-distribution).
+    """
+
+    spec: str = "world"
+    store: str = ""
+    binner: str = "quantile"
+    rewards: tuple[str, ...] = ()
+    image_size: int = 32
+    limit: int | None = None
+    cache_dir: str = ""
+    caption_dropout: float = 0.1
+    reward_dropout: dict[str, float] = attrs.field(factory=dict)
+    encode_batch_size: int = 64
+
+    @property
+    def reward_names(self) -> tuple[str, ...]:
+        """The requested rewards with the baseline spellings removed (``"all"`` is resolved later)."""
+        return tuple(r for r in self.rewards if r not in NO_REWARDS and r != "")
+
+
+@config
+class OptimConfig:
+    """Optimizer (AdamW, or LAMB), LR schedule (linear warmup + cosine decay), clipping and EMA."""
+
+    name: Literal["adamw", "lamb"] = "adamw"
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.01
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 2.0
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True
+
+
+@config
+class SampleConfig:
+    """Periodic sample grids written during training (TensorBoard + PNG)."""
+
+    prompts: tuple[str, ...] = ()
+    num_steps: int = 20
+    guidance_scale: float = 7.0
+    guidance: str = "multi_reward_cfg"
+    solver: str = "euler"
+    seed: int = 0
+
+
+@config
+class TrainConfig:
+    """A training run. ``batch_size`` is the global batch per optimizer step (split over ranks and
+    ``grad_accum`` micro-batches); ``device``: ``auto`` (CUDA when present) / ``cpu`` / ``cuda``;
+    ``precision``: ``auto`` (bf16 autocast on CUDA, fp32 on CPU) / ``fp32`` / ``bf16``."""
+
+    model: ModelConfig = attrs.field(factory=ModelConfig)
+    data: DataConfig = attrs.field(factory=DataConfig)
+    optim: OptimConfig = attrs.field(factory=OptimConfig)
+    flow: FlowConfig = attrs.field(factory=FlowConfig)
+    sample: SampleConfig = attrs.field(factory=SampleConfig)
+    steps: int = 1000
+    batch_size: int = 32
+    grad_accum: int = 1
+    seed: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    sample_every: int = 0
+    eval_every: int = 0
+    log_every: int = 10
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        from .._config import unstructure
+
+        return unstructure(self)

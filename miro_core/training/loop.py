@@ -1,0 +1,456 @@
+"""The training loop: flow matching with reward-conditioned context, EMA, checkpoints, logs and exact resume.
+
+Determinism: the data order is a pure function of ``(seed, step)`` (one seeded permutation per epoch over the
+global sample index ``step * batch_size + j``), and noise, times and dropout masks for the whole global batch
+come from one seeded generator that every rank advances identically (each rank uses its slice). Saving that
+generator plus the global RNG states in every checkpoint makes a resumed run follow the uninterrupted one
+exactly on CPU, and a DDP run on W ranks see the same batch as a single process.
+"""
+
+from __future__ import annotations
+
+__all__ = ["TrainResult", "train", "batch_indices", "lr_factor", "make_optimizer"]
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+
+from .._config import structure, unstructure
+from .._errors import CheckpointError, ConfigError
+from .._plugins import registry
+from ..flow import flow_matching_loss, interpolate, sample_t
+from ..model import build_model
+from .checkpoint import (
+    capture_rng,
+    list_checkpoints,
+    load_into,
+    load_state_dict_file,
+    load_training_state,
+    read_checkpoint_meta,
+    restore_rng,
+    save_checkpoint,
+)
+from .config import TrainConfig
+from .data import TrainingData, prepare_data
+from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
+from .ema import EMA
+
+log = logging.getLogger(__name__)
+
+#: TrainConfig fields that must match when resuming (the rest, e.g. ``steps``, may change).
+_RESUME_KEYS = ("model", "data", "flow", "optim", "batch_size", "grad_accum", "seed")
+
+
+@attrs.define
+class TrainResult:
+    checkpoint_dir: Path
+    step: int
+    history: list[dict[str, Any]]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pieces (public: tests and benchmarks use them)
+# ---------------------------------------------------------------------------------------------------
+class _Order:
+    """Global sample index -> dataset row, one seeded permutation per epoch (cached)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            if len(self._perms) > 4:
+                self._perms.pop(min(self._perms))
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perms[epoch] = torch.randperm(self.n, generator=g)
+        return self._perms[epoch]
+
+    def rows(self, start: int, count: int) -> torch.Tensor:
+        k = torch.arange(start, start + count)
+        epochs = k // self.n
+        out = torch.empty(count, dtype=torch.long)
+        for e in epochs.unique().tolist():
+            sel = epochs == e
+            out[sel] = self.perm(int(e))[k[sel] % self.n]
+        return out
+
+
+def batch_indices(n: int, seed: int, step: int, batch_size: int) -> torch.Tensor:
+    """Rows of the global batch of ``step`` (a pure function: the basis of exact resume)."""
+    return _Order(n, seed).rows(step * batch_size, batch_size)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine decay to ``min_ratio`` at ``total`` (or constant)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or LAMB; no weight decay on 1-D parameters (norm scales, biases, embeddings of size 1)."""
+    o = cfg.optim
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if o.name == "adamw":
+        return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+    if o.name == "lamb":
+        from .lamb import Lamb
+
+        return Lamb(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+    raise ConfigError(f"Unknown optimizer {o.name!r}; use 'adamw' or 'lamb'.")
+
+
+def _device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(cfg.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' was requested but CUDA is not available; use device='auto' or 'cpu'.")
+    return dev
+
+
+def _autocast(device: torch.device, precision: str):
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if bf16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _dropout_probs(cfg: TrainConfig, rewards: tuple[str, ...]) -> torch.Tensor:
+    rd = dict(cfg.data.reward_dropout)
+    unknown = set(rd) - set(rewards) - {"*"}
+    if unknown:
+        raise ConfigError(
+            f"data.reward_dropout names {sorted(unknown)}, which are not trained rewards ({list(rewards)}); "
+            "use reward names or '*' for all."
+        )
+    probs = [float(rd.get(r, rd.get("*", 0.0))) for r in rewards]
+    for r, p in zip(rewards, probs):
+        if not 0.0 <= p <= 1.0:
+            raise ConfigError(f"data.reward_dropout[{r!r}] = {p} is not a probability in [0, 1].")
+    return torch.tensor(probs, dtype=torch.float32)
+
+
+def _pad_tokens(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    extra = length - tokens.shape[1]
+    if extra <= 0:
+        return tokens, mask
+    return (
+        torch.cat([tokens, tokens.new_zeros(tokens.shape[0], extra, tokens.shape[2])], 1),
+        torch.cat([mask, mask.new_zeros(mask.shape[0], extra)], 1),
+    )
+
+
+class Batcher:
+    """Draws the global batch of a step (rows, noise, times, dropout masks) and returns this rank's micro-batches."""
+
+    def __init__(self, data: TrainingData, cfg: TrainConfig, dist: DistInfo, device: torch.device):
+        self.data, self.cfg, self.dist, self.device = data, cfg, dist, device
+        length = max(data.text_tokens.shape[1], data.empty_tokens.shape[1])
+        self.tokens, self.mask = _pad_tokens(data.text_tokens, data.text_mask, length)
+        self.empty_tokens, self.empty_mask = _pad_tokens(data.empty_tokens, data.empty_mask, length)
+        self.order = _Order(len(data), cfg.seed)
+        self.drop = _dropout_probs(cfg, data.reward_names)
+        per_rank = cfg.batch_size // dist.world_size
+        self.micro = per_rank // cfg.grad_accum
+
+    def __call__(self, step: int, generator: torch.Generator) -> list[dict[str, torch.Tensor]]:
+        cfg, d, b = self.cfg, self.data, self.cfg.batch_size
+        rows = self.order.rows(step * b, b)
+        eps = torch.randn(b, *d.latent_shape, generator=generator)
+        t = sample_t(b, kind=cfg.flow.time_sampling, mean=cfg.flow.logit_mean, std=cfg.flow.logit_std, generator=generator)
+        cap_drop = torch.rand(b, generator=generator) < cfg.data.caption_dropout
+        rew_drop = torch.rand(b, len(d.reward_names), generator=generator) < self.drop
+        per_rank = b // self.dist.world_size
+        lo = self.dist.rank * per_rank
+        out = []
+        for m in range(cfg.grad_accum):
+            s = slice(lo + m * self.micro, lo + (m + 1) * self.micro)
+            r = rows[s]
+            tokens, mask = self.tokens[r].clone(), self.mask[r].clone()
+            cd = cap_drop[s]
+            if cd.any():
+                tokens[cd] = self.empty_tokens[0]
+                mask[cd] = self.empty_mask[0]
+            levels = d.levels[r].clone()
+            levels[rew_drop[s]] = float("nan")
+            batch = {"x": d.latents[r], "eps": eps[s], "t": t[s], "tokens": tokens, "mask": mask, "levels": levels}
+            out.append({k: v.to(self.device, non_blocking=True) for k, v in batch.items()})
+        return out
+
+
+def train_step(model, batches, optimizer, scheduler, ema, cfg: TrainConfig, device: torch.device, ddp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step over the micro-batches; returns (mean loss, grad norm) as tensors (no host sync)."""
+    total = torch.zeros((), device=device)
+    n = len(batches)
+    for i, b in enumerate(batches):
+        sync = contextlib.nullcontext() if (not ddp or i == n - 1) else model.no_sync()
+        with sync:
+            with _autocast(device, cfg.precision):
+                x_t = interpolate(b["x"], b["eps"], b["t"])
+                v = model(x_t, b["t"], b["tokens"], b["mask"], b["levels"])
+            loss = flow_matching_loss(v, b["x"], b["eps"])
+            (loss / n).backward()
+        total += loss.detach() / n
+    clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+    params = [p for p in model.parameters() if p.grad is not None]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    ema.update(model.module if ddp else model)
+    return total, grad_norm
+
+
+# ---------------------------------------------------------------------------------------------------
+# Resume
+# ---------------------------------------------------------------------------------------------------
+def _find_resume(out: Path) -> Path | None:
+    root = out / "checkpoints"
+    latest = root / "latest"
+    if latest.is_file():
+        p = root / latest.read_text().strip()
+        if (p / "config.json").exists():
+            return p
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def _check_resume_compatible(cfg: TrainConfig, meta: dict[str, Any], path: Path) -> None:
+    now, then = unstructure(cfg), meta["train_config"]
+    diff = [k for k in _RESUME_KEYS if json.dumps(now.get(k), sort_keys=True) != json.dumps(then.get(k), sort_keys=True)]
+    if diff:
+        raise CheckpointError(
+            f"Cannot resume from {path}: the config differs in {', '.join(diff)} (only steps, intervals, device "
+            "and logging may change on resume). Use a new --out dir, or the original config."
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------
+def train(
+    config: TrainConfig | dict[str, Any],
+    out_dir: str | Path,
+    *,
+    eval_fn: Callable[[Any, int], dict[str, float]] | None = None,
+    progress: bool = True,
+    resume: bool = False,
+    source: Any = None,
+    store: Any = None,
+) -> TrainResult:
+    """Train a MIRO model; write checkpoints, TensorBoard logs and sample grids under ``out_dir``.
+
+    ``eval_fn(pipeline, step) -> {metric: value}`` runs every ``eval_every`` steps on rank 0 with the EMA
+    weights; its metrics go to TensorBoard and ``history``. ``resume=True`` continues from the latest
+    checkpoint in ``out_dir`` (a fresh start if there is none). ``source`` / ``store`` override
+    ``config.data.spec`` / ``config.data.store`` with objects (tests, notebooks).
+    """
+    cfg = structure(config, TrainConfig, path="train")
+    device = _device(cfg)
+    dist = init_distributed(device.type)
+    try:
+        return _train(cfg, Path(out_dir), dist, device, eval_fn, progress, resume, source, store)
+    finally:
+        cleanup(dist)
+
+
+def _validate(cfg: TrainConfig, dist: DistInfo) -> None:
+    if cfg.steps < 1:
+        raise ConfigError(f"steps must be >= 1 (got {cfg.steps}).")
+    if cfg.grad_accum < 1:
+        raise ConfigError(f"grad_accum must be >= 1 (got {cfg.grad_accum}).")
+    unit = dist.world_size * cfg.grad_accum
+    if cfg.batch_size < unit or cfg.batch_size % unit:
+        raise ConfigError(
+            f"batch_size {cfg.batch_size} must be a positive multiple of world_size x grad_accum = {unit} "
+            "(it is the global batch per optimizer step)."
+        )
+    if not 0.0 <= cfg.data.caption_dropout <= 1.0:
+        raise ConfigError(f"data.caption_dropout must be in [0, 1] (got {cfg.data.caption_dropout}).")
+
+
+def _train(cfg, out: Path, dist: DistInfo, device: torch.device, eval_fn, progress: bool, resume: bool, source, store) -> TrainResult:
+    _validate(cfg, dist)
+    if device.type == "cuda" and dist.enabled:
+        device = torch.device("cuda", dist.local_rank)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_root = out / "checkpoints"
+    resume_from = _find_resume(out) if resume else None
+    if resume and resume_from is None:
+        log.info("--resume: no checkpoint in %s, starting from step 0", out)
+    resume_meta = None
+    if resume_from is not None:
+        resume_from, resume_meta = read_checkpoint_meta(resume_from)
+        _check_resume_compatible(cfg, resume_meta, resume_from)
+
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    # -- encoders and data ----------------------------------------------------------------------------
+    text_encoder = registry("text_encoders").create(cfg.model.text_encoder.name, cfg.model.text_encoder.options)
+    autoencoder = registry("autoencoders").create(cfg.model.autoencoder.name, cfg.model.autoencoder.options)
+    text_encoder.setup(device)
+    autoencoder.setup(device)
+    common = dict(text_encoder_spec=cfg.model.text_encoder, autoencoder_spec=cfg.model.autoencoder,
+                  source=source, store=store, device=device)
+    if dist.is_main:
+        data = prepare_data(cfg.data, text_encoder, autoencoder, build=True, **common)
+    barrier(dist)
+    if not dist.is_main:
+        data = prepare_data(cfg.data, text_encoder, autoencoder, build=False, **common)
+    log.info("training data: %d samples, latents %s, rewards %s", len(data), data.latent_shape, data.reward_names)
+
+    # -- model, optimizer, EMA ------------------------------------------------------------------------
+    torch.manual_seed(cfg.seed)
+    c, h, _w = data.latent_shape
+    model = build_model(cfg.model, data.reward_names, data.text_dim, c, h).to(device)
+    ema = EMA(model, cfg.optim.ema_decay, cfg.optim.ema_warmup)
+    optimizer = make_optimizer(model, cfg)
+    o = cfg.optim
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, cfg.steps, o.warmup_steps, o.schedule, o.min_lr_ratio)
+    )
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    start = 0
+    if resume_from is not None:
+        load_into(model, load_state_dict_file(resume_from / "model.safetensors"), f"Checkpoint {resume_from}")
+        ema.load_shadow(load_state_dict_file(resume_from / "ema.safetensors"), device)
+        state = load_training_state(resume_from)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        ema.num_updates = int(state["ema_updates"])
+        restore_rng(state["rng"], generator)
+        start = int(resume_meta["step"])
+        log.info("resumed from %s at step %d", resume_from, start)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("model: %.2fM parameters on %s", n_params / 1e6, device)
+
+    ddp = dist.enabled
+    net = model
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    batcher = Batcher(data, cfg, dist, device)
+
+    meta = {
+        "train_config": unstructure(cfg),
+        "reward_names": list(data.reward_names),
+        "binner": cfg.data.binner if data.reward_names else None,
+        "binner_states": data.binner_states,
+        "model_info": {"text_dim": data.text_dim, "latent_shape": list(data.latent_shape),
+                       "in_channels": c, "image_size": cfg.data.image_size, "num_parameters": n_params},
+        "data": {"num_samples": len(data), "cache": data.cache_path},
+        "world_size": dist.world_size,
+    }
+    writer = None
+    if dist.is_main:
+        (out / "train_config.json").write_text(json.dumps(meta["train_config"], indent=2, sort_keys=True))
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tb"), purge_step=start if start else None)
+
+    history: list[dict[str, Any]] = []
+    bar = None
+    if progress and dist.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+    def pipeline():
+        from ..sampling import MiroPipeline
+
+        ema_model = copy.deepcopy(model)
+        ema.copy_to(ema_model)
+        return MiroPipeline(ema_model, text_encoder, autoencoder, reward_names=data.reward_names,
+                            image_size=cfg.data.image_size, latent_shape=data.latent_shape, device=device,
+                            binner_states=data.binner_states)
+
+    def checkpoint(step: int) -> Path:
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "ema_updates": ema.num_updates, "rng": capture_rng(generator), "step": step}
+        return save_checkpoint(ckpt_root, step, meta=meta, model_state=model.state_dict(),
+                               ema_state=ema.state_dict(model), training_state=state, keep=cfg.keep_checkpoints)
+
+    last_ckpt = resume_from
+    t_log, n_log, loss_acc = time.perf_counter(), 0, torch.zeros((), device=device)
+    model.train()
+    for step in range(start, cfg.steps):
+        batches = batcher(step, generator)
+        loss, grad_norm = train_step(net, batches, optimizer, scheduler, ema, cfg, device, ddp)
+        loss_acc += loss
+        n_log += 1
+        done = step + 1
+        if done % max(1, cfg.log_every) == 0 or done == cfg.steps:
+            mean_loss = float(all_reduce_mean(loss_acc / n_log, dist))
+            elapsed = time.perf_counter() - t_log
+            rec = {"step": done, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
+                   "grad_norm": float(grad_norm), "samples_per_s": n_log * cfg.batch_size / max(elapsed, 1e-9)}
+            history.append(rec)
+            if writer is not None:
+                for k in ("loss", "lr", "grad_norm", "samples_per_s"):
+                    writer.add_scalar(f"train/{k}", rec[k], done)
+            if bar is not None:
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{rec['lr']:.2e}")
+            t_log, n_log, loss_acc = time.perf_counter(), 0, torch.zeros((), device=device)
+        if bar is not None:
+            bar.update(1)
+        if dist.is_main and cfg.sample_every and done % cfg.sample_every == 0:
+            _sample_grid(pipeline(), cfg, data, out, done, writer)
+            model.train()
+        if cfg.eval_every and eval_fn is not None and done % cfg.eval_every == 0:
+            if dist.is_main:
+                metrics = {k: float(v) for k, v in (eval_fn(pipeline(), done) or {}).items()}
+                model.train()
+                for k, v in metrics.items():
+                    if writer is not None:
+                        writer.add_scalar(f"eval/{k}", v, done)
+                history.append({"step": done, **{f"eval/{k}": v for k, v in metrics.items()}})
+            barrier(dist)
+        if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps:
+            if dist.is_main:
+                last_ckpt = checkpoint(done)
+            barrier(dist)
+    if bar is not None:
+        bar.close()
+    if writer is not None:
+        writer.close()
+    if last_ckpt is None:  # resumed at or past the final step: nothing new to save
+        last_ckpt = ckpt_root / f"step_{cfg.steps:08d}"
+    return TrainResult(checkpoint_dir=ckpt_root / Path(last_ckpt).name, step=max(start, cfg.steps), history=history)
+
+
+def _sample_grid(pipe, cfg: TrainConfig, data: TrainingData, out: Path, step: int, writer) -> None:
+    from ..sampling import image_grid
+
+    prompts = list(cfg.sample.prompts) or data.captions[:4]
+    s = cfg.sample
+    images = pipe(prompts, guidance_scale=s.guidance_scale, guidance=s.guidance if data.reward_names else "none",
+                  num_steps=s.num_steps, solver=s.solver, seed=s.seed)
+    grid = image_grid(images)
+    if writer is not None:
+        writer.add_image("samples", grid, step)
+    from PIL import Image
+
+    (out / "samples").mkdir(exist_ok=True)
+    arr = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    Image.fromarray(arr).save(out / "samples" / f"step_{step:08d}.png")

@@ -1,0 +1,160 @@
+"""Configuration of ``miro-run``: :class:`RunConfig` and the presets.
+
+Resolution order (later wins): preset < ``--config FILE.toml`` < explicit flags < ``--set key=value``.
+The resolved config is saved as ``config.json`` in the out folder.
+"""
+
+from __future__ import annotations
+
+__all__ = ["RunConfig", "EvalConfig", "ExperimentsConfig", "PRESETS", "WORLD_REWARDS", "preset_names"]
+
+from typing import Any
+
+import attrs
+
+from miro_core import config
+
+WORLD_REWARDS = ("world_sharpness", "world_cleanliness", "world_vividness", "world_alignment")
+
+
+@config
+class EvalConfig:
+    """Sampling and evaluation of the trained models."""
+
+    #: prompts of the reward evaluation (captions drawn from held-out data of the same source)
+    num_prompts: int = 32
+    num_steps: int = 20
+    guidance_scale: float = 3.0
+    solver: str = "euler"
+    #: reward-conditioned models: multi-reward CFG (paper eq. 3); text kept in the negative branch
+    guidance: str = "multi_reward_cfg"
+    #: the unconditioned baseline has no reward branch; it gets text CFG (empty caption in the negative)
+    baseline_text_cfg: bool = True
+    batch_size: int = 32
+    seed: int = 1234
+    #: run the compositional evaluator (``world_geneval`` when registered)
+    geneval: bool = True
+    geneval_evaluator: str = "world_geneval"
+    geneval_options: dict[str, Any] = attrs.field(factory=dict)
+    #: reward-vs-step curves: evaluate every N training steps (0 = off), on ``curve_prompts`` prompts
+    eval_every: int = 0
+    curve_prompts: int = 16
+    curve_num_steps: int = 10
+    curve_geneval: bool = False
+    #: prompts in each sample grid
+    grid_prompts: int = 8
+
+
+@config
+class ExperimentsConfig:
+    """Extra experiments (the ``paper-mini`` preset turns them all on)."""
+
+    #: one model per reward, conditioned on that reward only (paper Figure 4)
+    single_reward: bool = False
+    #: MIRO without each reward in turn (appendix C.1)
+    leave_one_out: bool = False
+    #: sweep each listed reward's positive target (empty = the first reward); Spearman target vs measured
+    controllability: bool = False
+    controllability_rewards: tuple[str, ...] = ()
+    controllability_levels: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    controllability_prompts: int = 16
+    #: best-of-2^k, k = 0..tts_max_log2, MIRO vs baseline, selected by ``tts_selection`` (default: first reward)
+    test_time_scaling: bool = False
+    tts_max_log2: int = 5
+    tts_prompts: int = 16
+    tts_selection: str = ""
+    #: pairwise trade-off sweep between the first two rewards
+    tradeoff: bool = False
+
+
+@config
+class RunConfig:
+    """Everything ``miro-run`` does, end to end."""
+
+    preset: str = "default"
+    name: str = ""
+    #: data spec (``world:num_samples=2000,seed=0``, a folder, webdataset shards, a JSONL manifest)
+    data: str = "world"
+    #: options merged into a registered data source spec (``{"num_samples": 2000}`` for ``world``)
+    data_options: dict[str, Any] = attrs.field(factory=dict)
+    rewards: tuple[str, ...] = WORLD_REWARDS
+    reward_options: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    #: extra rewards measured at evaluation only (not conditioned on)
+    eval_rewards: tuple[str, ...] = ()
+    binner: str = "quantile"
+    bins: int = 16
+    backbone: str = "rin"
+    backbone_options: dict[str, Any] = attrs.field(factory=dict)
+    text_encoder: str = "minilm"
+    text_encoder_options: dict[str, Any] = attrs.field(factory=dict)
+    autoencoder: str = "pixel"
+    autoencoder_options: dict[str, Any] = attrs.field(factory=dict)
+    image_size: int = 32
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "cpu"
+    #: also train the unconditioned baseline (same steps / seed) and compare
+    baseline: bool = True
+    score_batch_size: int = 64
+    #: raw overrides of the training config (nested tables of miro_core.training.TrainConfig)
+    train: dict[str, Any] = attrs.field(factory=dict)
+    eval: EvalConfig = attrs.field(factory=EvalConfig)
+    experiments: ExperimentsConfig = attrs.field(factory=ExperimentsConfig)
+
+
+_SMALL_RIN = {"interface_dim": 64, "latent_dim": 96, "num_latents": 16, "num_blocks": 1, "layers_per_block": 2,
+              "heads": 2, "interface_heads": 2, "patch_size": 4}
+
+#: preset name -> overrides of RunConfig defaults (nested dicts)
+PRESETS: dict[str, dict[str, Any]] = {
+    # smoke test: everything runs, nothing is learned (< 2 minutes)
+    "tiny": {
+        "data_options": {"num_samples": 64, "image_size": 16},
+        "image_size": 16,
+        "bins": 4,
+        "steps": 6,
+        "batch_size": 8,
+        "backbone_options": _SMALL_RIN,
+        "train": {"checkpoint_every": 6, "log_every": 2, "optim": {"warmup_steps": 2}},
+        "eval": {"num_prompts": 4, "num_steps": 2, "batch_size": 8, "eval_every": 3, "curve_prompts": 4,
+                 "curve_num_steps": 2, "grid_prompts": 4, "geneval_options": {}},
+    },
+    "quick": {
+        "data_options": {"num_samples": 600, "image_size": 16},
+        "image_size": 16,
+        "bins": 8,
+        "steps": 300,
+        "batch_size": 32,
+        "backbone_options": _SMALL_RIN,
+        "train": {"checkpoint_every": 300, "optim": {"warmup_steps": 30}},
+        "eval": {"num_prompts": 32, "num_steps": 10, "eval_every": 100, "curve_prompts": 16, "curve_num_steps": 8},
+    },
+    "default": {
+        "data_options": {"num_samples": 2000, "image_size": 16},
+        "image_size": 16,
+        "bins": 16,
+        "steps": 1200,
+        "batch_size": 32,
+        "backbone_options": _SMALL_RIN,
+        "train": {"checkpoint_every": 400, "optim": {"warmup_steps": 100}},
+        "eval": {"num_prompts": 64, "num_steps": 16, "eval_every": 200, "curve_prompts": 24, "curve_num_steps": 10},
+    },
+    "paper-mini": {
+        "data_options": {"num_samples": 4000, "image_size": 16},
+        "image_size": 16,
+        "bins": 16,
+        "steps": 1200,
+        "batch_size": 32,
+        "backbone_options": _SMALL_RIN,
+        "train": {"checkpoint_every": 600, "optim": {"warmup_steps": 100}},
+        "eval": {"num_prompts": 64, "num_steps": 16, "eval_every": 200, "curve_prompts": 24, "curve_num_steps": 10},
+        "experiments": {"single_reward": True, "leave_one_out": True, "controllability": True,
+                        "test_time_scaling": True, "tts_max_log2": 5, "tts_prompts": 16, "tradeoff": True},
+    },
+}
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)

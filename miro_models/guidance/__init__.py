@@ -1,0 +1,1 @@
+"""Guidance strategies: combine positive / negative conditioning predictions into one velocity."""

@@ -1,0 +1,225 @@
+"""BLIP (ViT + cross-attention BERT) pieces for the ImageReward reward, built from transformers classes.
+
+THUDM's ``ImageReward.pt`` is a plain ``state_dict`` of their ``ImageReward`` module (a BLIP-pretrain model
+``blip.*`` plus an ``mlp.layers.*`` head). This module rebuilds the same network with
+``transformers.BlipVisionModel`` and ``transformers.BlipTextModel`` and maps the original parameter names
+onto them explicitly (:func:`convert_imagereward_state_dict`). The architecture sizes are read from the
+checkpoint itself (vision width, depth, patch size, image size) and from ``med_config.json`` (text encoder).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "VISION_PREFIX",
+    "TEXT_PREFIX",
+    "MLP_PREFIX",
+    "VisionGeometry",
+    "vision_geometry",
+    "convert_imagereward_state_dict",
+    "ImageRewardMLP",
+    "build_vision_model",
+    "build_text_model",
+]
+
+import math
+import re
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from miro_core import MiroError
+
+VISION_PREFIX = "blip.visual_encoder."
+TEXT_PREFIX = "blip.text_encoder."
+MLP_PREFIX = "mlp.layers."
+
+# Original BLIP ViT names (after VISION_PREFIX) -> transformers BlipVisionModel names. ``{i}`` is a block index.
+_VISION_MAP: list[tuple[str, str]] = [
+    (r"cls_token", "embeddings.class_embedding"),
+    (r"pos_embed", "embeddings.position_embedding"),
+    (r"patch_embed\.proj\.(weight|bias)", r"embeddings.patch_embedding.\1"),
+    (r"blocks\.(\d+)\.norm1\.(weight|bias)", r"encoder.layers.\1.layer_norm1.\2"),
+    (r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)", r"encoder.layers.\1.self_attn.qkv.\2"),
+    (r"blocks\.(\d+)\.attn\.proj\.(weight|bias)", r"encoder.layers.\1.self_attn.projection.\2"),
+    (r"blocks\.(\d+)\.norm2\.(weight|bias)", r"encoder.layers.\1.layer_norm2.\2"),
+    (r"blocks\.(\d+)\.mlp\.fc1\.(weight|bias)", r"encoder.layers.\1.mlp.fc1.\2"),
+    (r"blocks\.(\d+)\.mlp\.fc2\.(weight|bias)", r"encoder.layers.\1.mlp.fc2.\2"),
+    (r"norm\.(weight|bias)", r"post_layernorm.\1"),
+]
+
+# Original BLIP med.py BERT names (after TEXT_PREFIX) -> transformers BlipTextModel names. BLIP's ``med.py`` is
+# the code transformers' BlipText was ported from, so module names coincide; listed explicitly anyway so an
+# unexpected key fails loudly instead of being silently dropped.
+_TEXT_MAP: list[tuple[str, str]] = [
+    (r"embeddings\.(word_embeddings|position_embeddings)\.weight", r"embeddings.\1.weight"),
+    (r"embeddings\.LayerNorm\.(weight|bias)", r"embeddings.LayerNorm.\1"),
+    (
+        r"encoder\.layer\.(\d+)\.(attention|crossattention)\.self\.(query|key|value)\.(weight|bias)",
+        r"encoder.layer.\1.\2.self.\3.\4",
+    ),
+    (
+        r"encoder\.layer\.(\d+)\.(attention|crossattention)\.output\.(dense|LayerNorm)\.(weight|bias)",
+        r"encoder.layer.\1.\2.output.\3.\4",
+    ),
+    (r"encoder\.layer\.(\d+)\.intermediate\.dense\.(weight|bias)", r"encoder.layer.\1.intermediate.dense.\2"),
+    (r"encoder\.layer\.(\d+)\.output\.(dense|LayerNorm)\.(weight|bias)", r"encoder.layer.\1.output.\2.\3"),
+]
+# Original keys that ImageReward's scoring path never uses (buffers, pretraining projections).
+_TEXT_IGNORED = re.compile(r"embeddings\.position_ids|pooler\..*")
+_OTHER_IGNORED = re.compile(r"blip\.(vision_proj|text_proj|itm_head|visual_encoder_m|text_encoder_m|.*_queue|queue_ptr|temp).*")
+
+# MLP head: nn.Sequential(Linear, Dropout, Linear, Dropout, Linear, Dropout, Linear, Linear), no activations.
+_MLP_LINEAR_INDICES = (0, 2, 4, 6, 7)
+
+
+def _map_key(key: str, table: list[tuple[str, str]]) -> str | None:
+    for pattern, repl in table:
+        if re.fullmatch(pattern, key):
+            return re.sub(pattern, repl, key)
+    return None
+
+
+@attrs.frozen
+class VisionGeometry:
+    """ViT sizes read from the checkpoint's tensors."""
+
+    width: int
+    depth: int
+    patch_size: int
+    image_size: int
+    mlp_dim: int
+
+
+def vision_geometry(state_dict: dict[str, torch.Tensor]) -> VisionGeometry:
+    """Read the BLIP ViT geometry from an original-format ImageReward state dict."""
+    try:
+        width = int(state_dict[VISION_PREFIX + "cls_token"].shape[-1])
+        patch = int(state_dict[VISION_PREFIX + "patch_embed.proj.weight"].shape[-1])
+        num_pos = int(state_dict[VISION_PREFIX + "pos_embed"].shape[1])
+        mlp_dim = int(state_dict[VISION_PREFIX + "blocks.0.mlp.fc1.weight"].shape[0])
+    except KeyError as exc:
+        raise MiroError(
+            f"The ImageReward checkpoint has no {exc.args[0]!r} tensor: it is not THUDM's ImageReward.pt format "
+            "(keys 'blip.visual_encoder.*', 'blip.text_encoder.*', 'mlp.layers.*'). Point `checkpoint` at the "
+            "original ImageReward.pt."
+        ) from None
+    depth = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(re.escape(VISION_PREFIX) + r"blocks\.(\d+)\.", k)))
+    grid = math.isqrt(num_pos - 1)
+    if grid * grid != num_pos - 1:
+        raise MiroError(f"ImageReward checkpoint pos_embed has {num_pos - 1} patches, not a square grid; the file is corrupt.")
+    return VisionGeometry(width=width, depth=depth, patch_size=patch, image_size=grid * patch, mlp_dim=mlp_dim)
+
+
+def convert_imagereward_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """Split an original-format ``ImageReward.pt`` state dict into ``{"vision", "text", "mlp"}`` state dicts.
+
+    ``vision`` uses :class:`transformers.BlipVisionModel` names, ``text`` :class:`transformers.BlipTextModel`
+    names and ``mlp`` the names of :class:`ImageRewardMLP`. Unknown keys raise :class:`MiroError`.
+    """
+    out: dict[str, dict[str, torch.Tensor]] = {"vision": {}, "text": {}, "mlp": {}}
+    unknown: list[str] = []
+    for key, value in state_dict.items():
+        if key.startswith(VISION_PREFIX):
+            new = _map_key(key[len(VISION_PREFIX):], _VISION_MAP)
+            if new is None:
+                unknown.append(key)
+            else:
+                out["vision"][new] = value
+        elif key.startswith(TEXT_PREFIX):
+            sub = key[len(TEXT_PREFIX):]
+            if _TEXT_IGNORED.fullmatch(sub):
+                continue
+            new = _map_key(sub, _TEXT_MAP)
+            if new is None:
+                unknown.append(key)
+            else:
+                out["text"][new] = value
+        elif key.startswith(MLP_PREFIX):
+            m = re.fullmatch(re.escape(MLP_PREFIX) + r"(\d+)\.(weight|bias)", key)
+            if m is None or int(m.group(1)) not in _MLP_LINEAR_INDICES:
+                unknown.append(key)
+            else:
+                out["mlp"][f"layers.{m.group(1)}.{m.group(2)}"] = value
+        elif _OTHER_IGNORED.fullmatch(key):
+            continue
+        else:
+            unknown.append(key)
+    if unknown:
+        raise MiroError(
+            f"The ImageReward checkpoint has {len(unknown)} parameter(s) this loader does not know, e.g. "
+            f"{unknown[:3]}; it is not THUDM's ImageReward.pt. Use the original file from the THUDM/ImageReward repo."
+        )
+    return out
+
+
+class ImageRewardMLP(nn.Module):
+    """The reference head: Linear layers ``in-1024-128-64-16-1`` with dropout and *no* activations."""
+
+    def __init__(self, input_size: int = 768):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(input_size, 1024),
+            nn.Dropout(0.2),
+            nn.Linear(1024, 128),
+            nn.Dropout(0.2),
+            nn.Linear(128, 64),
+            nn.Dropout(0.1),
+            nn.Linear(64, 16),
+            nn.Linear(16, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def build_vision_model(geom: VisionGeometry, num_heads: int | None = None):
+    """A :class:`transformers.BlipVisionModel` with BLIP's ViT settings (GELU, LayerNorm eps 1e-6, qkv bias)."""
+    from transformers import BlipVisionConfig, BlipVisionModel
+
+    heads = num_heads or max(geom.width // 64, 1)
+    if geom.width % heads:
+        raise MiroError(f"vision_num_heads={heads} does not divide the ViT width {geom.width}; fix `vision_num_heads`.")
+    cfg = BlipVisionConfig(
+        hidden_size=geom.width,
+        intermediate_size=geom.mlp_dim,
+        num_hidden_layers=geom.depth,
+        num_attention_heads=heads,
+        image_size=geom.image_size,
+        patch_size=geom.patch_size,
+        hidden_act="gelu",
+        layer_norm_eps=1e-6,
+        attention_dropout=0.0,
+    )
+    return BlipVisionModel(cfg)
+
+
+def build_text_model(med_config: dict[str, Any], encoder_width: int):
+    """A :class:`transformers.BlipTextModel` with cross-attention, configured from BLIP's ``med_config.json``.
+
+    ``is_decoder=True`` only makes transformers build the cross-attention layers; scoring calls the model with
+    ``is_decoder=False`` (bidirectional self-attention), as BLIP's ``BertModel`` in ``multimodal`` mode does.
+    """
+    from transformers import BlipTextConfig, BlipTextModel
+
+    vocab = int(med_config.get("vocab_size", 30524))
+    cfg = BlipTextConfig(
+        vocab_size=vocab,
+        hidden_size=int(med_config.get("hidden_size", 768)),
+        encoder_hidden_size=int(encoder_width),
+        intermediate_size=int(med_config.get("intermediate_size", 3072)),
+        num_hidden_layers=int(med_config.get("num_hidden_layers", 12)),
+        num_attention_heads=int(med_config.get("num_attention_heads", 12)),
+        max_position_embeddings=int(med_config.get("max_position_embeddings", 512)),
+        hidden_act=med_config.get("hidden_act", "gelu"),
+        layer_norm_eps=float(med_config.get("layer_norm_eps", 1e-12)),
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        pad_token_id=int(med_config.get("pad_token_id", 0)),
+        bos_token_id=None,
+        eos_token_id=None,
+        sep_token_id=None,
+        is_decoder=True,
+    )
+    return BlipTextModel(cfg, add_pooling_layer=False)

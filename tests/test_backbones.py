@@ -1,0 +1,214 @@
+"""Backbones ``rin`` and ``dit``: contract, layers, self-conditioning, masking, overfitting a tiny batch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from miro_core import registry
+from miro_core.testing import BackboneContract
+from miro_models.backbones._layers import Attention, RMSNorm, patchify, timestep_features, unpatchify
+
+RIN_TINY = {"image_size": 16, "context_dim": 32, "interface_dim": 32, "latent_dim": 48, "num_latents": 8,
+            "num_blocks": 2, "layers_per_block": 1, "heads": 4, "interface_heads": 2}
+DIT_TINY = {"image_size": 16, "context_dim": 32, "hidden_dim": 48, "depth": 2, "heads": 4}
+
+
+def _unzero(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
+    """Give zero-initialised layers (output heads, adaLN, self-conditioning) random values, so tests see
+    every path instead of a model whose output is identically zero at init."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim >= 1 and not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
+class TestRINContract(BackboneContract):
+    backbone_name = "rin"
+    options = RIN_TINY
+
+    def make_backbone(self):
+        return _unzero(super().make_backbone())
+
+
+class TestDiTContract(BackboneContract):
+    backbone_name = "dit"
+    options = DIT_TINY
+
+    def make_backbone(self):
+        return _unzero(super().make_backbone())
+
+
+def _inputs(batch=3, shape=(3, 16, 16), ctx_len=6, ctx_dim=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, *shape, generator=g), torch.rand(batch, generator=g),
+            torch.randn(batch, ctx_len, ctx_dim, generator=g), torch.ones(batch, ctx_len, dtype=torch.bool))
+
+
+# -- layers -----------------------------------------------------------------------------------------------
+def test_patchify_roundtrip():
+    x = torch.randn(2, 4, 8, 12)
+    tok = patchify(x, 2)
+    assert tok.shape == (2, 24, 16)
+    torch.testing.assert_close(unpatchify(tok, 2, 4, 8, 12), x)
+    # first patch = top-left 2x2 of every channel
+    torch.testing.assert_close(tok[0, 0].view(4, 2, 2), x[0, :, :2, :2])
+
+
+def test_rmsnorm_formula():
+    x = torch.randn(3, 5, 8)
+    n = RMSNorm(8)
+    with torch.no_grad():
+        n.weight.copy_(torch.linspace(0.5, 2, 8))
+    ref = x / torch.sqrt((x**2).mean(-1, keepdim=True) + 1e-6) * n.weight
+    torch.testing.assert_close(n(x), ref)
+
+
+def test_attention_matches_manual_and_masks():
+    torch.manual_seed(0)
+    att = Attention(16, 2, kv_dim=8, qk_norm=True)
+    x, ctx = torch.randn(2, 3, 16), torch.randn(2, 5, 8)
+    mask = torch.tensor([[True, True, True, False, False], [True] * 5])
+    out = att(x, ctx, mask)
+    # manual reference
+    q = att.q(x).view(2, 3, 2, 8).transpose(1, 2)
+    k, v = att.kv(ctx).view(2, 5, 2, 2, 8).permute(2, 0, 3, 1, 4)
+    q, k = att.q_norm(q), att.k_norm(k)
+    s = q @ k.transpose(-1, -2) / math.sqrt(8)
+    s = s.masked_fill(~mask[:, None, None, :], float("-inf"))
+    ref = att.out((s.softmax(-1) @ v).transpose(1, 2).reshape(2, 3, 16))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    # a row whose keys are all masked contributes nothing (no NaN)
+    none = torch.zeros(2, 5, dtype=torch.bool)
+    out0 = att(x, ctx, none)
+    assert torch.isfinite(out0).all()
+    torch.testing.assert_close(out0, att.out.bias.expand_as(out0))
+
+
+def test_timestep_features_distinguish_times():
+    f = timestep_features(torch.tensor([0.0, 0.001, 0.5, 1.0]), 64)
+    assert f.shape == (4, 64)
+    assert torch.cdist(f, f).fill_diagonal_(1e9).min() > 0.1
+
+
+# -- shared behaviour ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,opts", [("rin", RIN_TINY), ("dit", DIT_TINY)])
+def test_eval_deterministic_and_time_and_context_matter(name, opts):
+    torch.manual_seed(0)
+    model = _unzero(registry("backbones").create(name, dict(opts))).eval()
+    if name == "rin":
+        model = _unzero(registry("backbones").create(name, {**opts, "eval_self_cond": False})).eval()
+    x, t, ctx, mask = _inputs()
+    with torch.no_grad():
+        a = model(x, t, ctx, mask)
+        b = model(x, t, ctx, mask)
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+        assert (model(x, 1 - t, ctx, mask) - a).abs().max() > 1e-4
+        assert (model(x, t, ctx.flip(0), mask) - a).abs().max() > 1e-4
+        # a fully masked context is allowed (no text, no rewards) and stays finite
+        assert torch.isfinite(model(x, t, ctx, torch.zeros_like(mask))).all()
+
+
+@pytest.mark.parametrize("name,opts", [("rin", RIN_TINY), ("dit", DIT_TINY)])
+def test_padding_length_invariance(name, opts):
+    """Appending masked padding to the context leaves the output unchanged."""
+    torch.manual_seed(0)
+    model = _unzero(registry("backbones").create(name, {**opts, **({"eval_self_cond": False} if name == "rin" else {})})).eval()
+    x, t, ctx, mask = _inputs()
+    pad_ctx = torch.cat([ctx, torch.randn(3, 4, 32) * 100], dim=1)
+    pad_mask = torch.cat([mask, torch.zeros(3, 4, dtype=torch.bool)], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, ctx, mask), model(x, t, pad_ctx, pad_mask), atol=1e-5, rtol=1e-4)
+
+
+def test_wrong_input_size_raises():
+    model = registry("backbones").create("dit", dict(DIT_TINY))
+    x, t, ctx, mask = _inputs(shape=(3, 8, 8))
+    with pytest.raises(ValueError, match="16x16"):
+        model(x, t, ctx, mask)
+
+
+# -- RIN self-conditioning ----------------------------------------------------------------------------------
+def test_rin_eval_self_conditioning_state():
+    torch.manual_seed(0)
+    model = _unzero(registry("backbones").create("rin", dict(RIN_TINY))).eval()
+    x, t, ctx, mask = _inputs()
+    with torch.no_grad():
+        first = model(x, t, ctx, mask)
+        second = model(x, t, ctx, mask)  # reuses the latents of the first call
+        assert (second - first).abs().max() > 1e-5
+        model.reset_state()
+        torch.testing.assert_close(model(x, t, ctx, mask), first)
+        # a different batch size never reuses stale latents
+        model.reset_state()
+        one = model(x[:1], t[:1], ctx[:1], mask[:1])
+        model(x, t, ctx, mask)
+        torch.testing.assert_close(model(x[:1], t[:1], ctx[:1], mask[:1]), one)
+
+
+def test_rin_training_self_conditioning_uses_a_no_grad_first_pass():
+    torch.manual_seed(0)
+    x, t, ctx, mask = _inputs()
+    always = _unzero(registry("backbones").create("rin", {**RIN_TINY, "self_cond_rate": 1.0})).train()
+    never = registry("backbones").create("rin", {**RIN_TINY, "self_cond_rate": 0.0}).train()
+    never.load_state_dict(always.state_dict())
+    v_sc = always(x, t, ctx, mask)
+    v_0 = never(x, t, ctx, mask)
+    assert (v_sc - v_0).abs().max() > 1e-5
+    # with rate 1 the output equals an explicit two-pass computation
+    with torch.no_grad():
+        _, z = always._run(x, t, ctx, mask, x.new_zeros(3, 8, 48))
+        ref, _ = always._run(x, t, ctx, mask, z)
+    torch.testing.assert_close(v_sc.detach(), ref)
+    # gradients reach the self-conditioning projection only through the second pass
+    v_sc.pow(2).mean().backward()
+    assert always.self_cond[1].weight.grad.abs().sum() > 0
+    # switching to train() drops eval state
+    always.eval()
+    with torch.no_grad():
+        always(x, t, ctx, mask)
+    assert always._prev_latents is not None
+    always.train()
+    assert always._prev_latents is None
+
+
+def test_presets_build_configs():
+    from miro_core import structure
+    from miro_models.backbones.dit import DiT
+    from miro_models.backbones.rin import RIN
+
+    paper = structure(RIN.presets["paper"], RIN.Config)
+    assert (paper.num_latents, paper.latent_dim, paper.num_blocks, paper.layers_per_block) == (256, 1024, 4, 4)
+    structure(DiT.presets["paper_scale"], DiT.Config)
+
+
+# -- learning -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,opts", [
+    ("rin", {**RIN_TINY, "image_size": 8, "self_cond_rate": 0.5}),
+    ("dit", {**DIT_TINY, "image_size": 8}),
+])
+def test_overfits_tiny_batch(name, opts):
+    torch.manual_seed(0)
+    model = registry("backbones").create(name, dict(opts)).train()
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, 3, 8, 8, generator=g) * 2 - 1
+    eps = torch.randn(4, 3, 8, 8, generator=g)
+    t = torch.rand(4, generator=g)
+    ctx, mask = torch.randn(4, 5, 32, generator=g), torch.ones(4, 5, dtype=torch.bool)
+    xt = (1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * eps
+    target = eps - x0
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(250):
+        loss = F.mse_loss(model(xt, t, ctx, mask), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.1 * first, (name, first, last)

@@ -1,0 +1,58 @@
+"""2-process DDP (torchrun, gloo on CPU): the run matches a single process on the same global batch."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from _miro_train_fakes import make_store, miro_host_module, tiny_config  # noqa: F401
+
+TESTS = Path(__file__).resolve().parent
+
+SCRIPT = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from _miro_train_fakes import make_host, make_store
+from miro_core._plugins import reset_plugins
+from miro_core.training import train
+reset_plugins(make_host())
+cfg = json.loads({cfg!r})
+r = train(cfg, {out!r}, store=make_store(), progress=False)
+import torch.distributed  # the group is gone after train(); rank 0 writes the history
+import os
+if os.environ.get("RANK") == "0":
+    open({hist!r}, "w").write(json.dumps(r.history))
+"""
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_single_process(tmp_path):
+    from miro_core.training import train
+    from miro_core.training.checkpoint import load_state_dict_file
+
+    cfg = tiny_config(tmp_path, steps=3, checkpoint_every=0, **{"optim.grad_clip": 0.0})
+    single = train(cfg, tmp_path / "single", store=make_store(), progress=False)  # also builds the cache
+    script = tmp_path / "ddp_run.py"
+    hist = tmp_path / "hist.json"
+    script.write_text(SCRIPT.format(tests=str(TESTS), cfg=json.dumps(cfg), out=str(tmp_path / "ddp"), hist=str(hist)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MIRO_LOAD_PLUGINS": ""}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+        capture_output=True, text=True, timeout=240, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ddp_hist = json.loads(hist.read_text())
+    a = {h["step"]: h["loss"] for h in single.history}
+    b = {h["step"]: h["loss"] for h in ddp_hist}
+    for s in (1, 2, 3):
+        assert b[s] == pytest.approx(a[s], rel=1e-5)
+    wa = load_state_dict_file(single.checkpoint_dir / "model.safetensors")
+    wb = load_state_dict_file(tmp_path / "ddp" / "checkpoints" / "step_00000003" / "model.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
+    meta = json.loads((tmp_path / "ddp" / "checkpoints" / "step_00000003" / "config.json").read_text())
+    assert meta["world_size"] == 2
