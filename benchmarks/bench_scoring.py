@@ -72,6 +72,7 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads for the reward")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--width", type=int, default=16, help="channels of the tiny CNN reward (cost knob)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     import miro_core._builtins as builtins
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
         data = os.path.join(tmp, "data")
         write_images(data, args.n, args.size)
         source = resolve_data(data)
-        reward = miro_core.registry("rewards").create("bench_tiny_conv")
+        reward = miro_core.registry("rewards").create("bench_tiny_conv", {"width": args.width})
         reward.setup("cpu")
         samples = list(source)
         images = [to_tensor(s.image) for s in samples]
@@ -100,14 +101,15 @@ def main(argv=None) -> int:
             bare.append(time.perf_counter() - t)
             url = os.path.join(tmp, f"store{rep}")
             t = time.perf_counter()
-            out = score_dataset(data, ["bench_tiny_conv"], url, batch_size=args.batch_size, workers=args.workers,
+            out = score_dataset(data, {"bench_tiny_conv": {"width": args.width}}, url, batch_size=args.batch_size, workers=args.workers,
                                 progress=False)
             full.append(time.perf_counter() - t)
             assert out["rewards"]["bench_tiny_conv"]["scored"] == args.n
         ref = torch.cat([reward.score(b, [""] * len(b)) for b in batches]).numpy()
         np.testing.assert_allclose(RewardStore.open(url).scores("bench_tiny_conv"), ref, rtol=1e-4, atol=1e-6)
     b, f = min(bare), min(full)
-    print(f"images={args.n} size={args.size} batch={args.batch_size} workers={args.workers} threads={args.threads}")
+    print(f"images={args.n} size={args.size} batch={args.batch_size} workers={args.workers} threads={args.threads} "
+          f"width={args.width}")
     print(f"bare reward forward: {b:.2f}s  full score_dataset: {f:.2f}s  ({args.n / f:.0f} img/s)")
     print(f"overhead ratio: {f / b:.3f} (target <= 1.15)")
     return 0

@@ -46,6 +46,10 @@ FAMILIES = {
 }
 
 
+#: Sharded-checkpoint file names fetched by ``miro rewards download`` when the repository has them.
+_SHARDS = tuple(f"model-{i:05d}-of-{n:05d}.safetensors" for n in range(2, 9) for i in range(1, n + 1))
+
+
 def _to_pil(images: torch.Tensor) -> list:
     from PIL import Image
 
@@ -103,7 +107,7 @@ class VQAScore(Reward):
                 optional=("model.safetensors.index.json", "generation_config.json", "processor_config.json",
                           "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                           "special_tokens_map.json", "chat_template.json", "chat_template.jinja", "vocab.json",
-                          "merges.txt", "added_tokens.json", "video_preprocessor_config.json"),
+                          "merges.txt", "added_tokens.json", "video_preprocessor_config.json", *_SHARDS),
                 local_path=c.model_path, license="see the model card (Qwen2.5-VL: Apache-2.0 / Qwen; PaliGemma: Gemma terms)",
             )
         ]

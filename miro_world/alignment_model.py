@@ -2,8 +2,8 @@
 
 Image tower: 4 small convolutions (3 with stride 2) on 32x32 images, flattened (so positions survive),
 linear to the embedding. Text tower: word embeddings over the world's closed vocabulary, a bidirectional
-GRU (word order matters: "a red circle and a blue square" vs "a blue circle and a red square"), linear to
-the embedding. Training pairs each image with a true caption (random template, sometimes without colours)
+transformer encoder with learned positions (word order matters: "a red circle and a blue square" vs "a blue
+circle and a red square"), mean-pooled over words, linear to the embedding. Training pairs each image with a true caption (random template, sometimes without colours)
 and ``num_hard_negatives`` corrupted captions of the same scene (wrong colour / shape / count / relation,
 or an omitted object), plus the other captions in the batch.
 
@@ -77,8 +77,9 @@ class AlignmentModelConfig:
     vocab: tuple[str, ...] = VOCAB
     image_size: int = 32
     channels: tuple[int, ...] = (24, 48, 64, 64)
-    word_dim: int = 48
-    text_hidden: int = 64
+    text_dim: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
     embed_dim: int = 64
     max_len: int = 20
 
@@ -115,9 +116,12 @@ class AlignmentModel(nn.Module):
         self.conv = nn.Sequential(*layers)
         side = cfg.image_size // 2 ** (len(cfg.channels) - 1)
         self.image_proj = nn.Linear(c_in * side * side, cfg.embed_dim)
-        self.embed = nn.Embedding(len(cfg.vocab), cfg.word_dim, padding_idx=0)
-        self.gru = nn.GRU(cfg.word_dim, cfg.text_hidden, batch_first=True, bidirectional=True)
-        self.text_proj = nn.Linear(2 * cfg.text_hidden, cfg.embed_dim)
+        self.embed = nn.Embedding(len(cfg.vocab), cfg.text_dim, padding_idx=0)
+        self.pos = nn.Parameter(torch.randn(cfg.max_len, cfg.text_dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(cfg.text_dim, cfg.text_heads, 2 * cfg.text_dim, dropout=0.0,
+                                           batch_first=True, norm_first=True)
+        self.text = nn.TransformerEncoder(layer, cfg.text_layers, enable_nested_tensor=False)
+        self.text_proj = nn.Linear(cfg.text_dim, cfg.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(np.log(10.0))))
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -125,9 +129,10 @@ class AlignmentModel(nn.Module):
         return F.normalize(self.image_proj(self.conv(x).flatten(1)), dim=-1)
 
     def encode_text(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        packed = nn.utils.rnn.pack_padded_sequence(self.embed(ids), lengths.cpu(), batch_first=True, enforce_sorted=False)
-        _, h = self.gru(packed)  # [2, B, H]
-        return F.normalize(self.text_proj(torch.cat([h[0], h[1]], dim=-1)), dim=-1)
+        valid = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths.to(ids.device)[:, None]
+        h = self.text(self.embed(ids) + self.pos[: ids.shape[1]], src_key_padding_mask=~valid)
+        h = (h * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)
+        return F.normalize(self.text_proj(h), dim=-1)
 
     def forward(self, images: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return (self.encode_images(images) * self.encode_text(ids, lengths)).sum(-1)
@@ -211,7 +216,7 @@ def train_alignment(cfg: AlignmentTrainConfig | dict | None = None, out_dir: str
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        loss_val = float(loss)
+        loss_val = float(loss.detach())
         if step % 100 == 0:
             logger.info("alignment step %d loss %.4f", step, loss_val)
     model.eval()

@@ -183,7 +183,7 @@ def _place(rng: np.random.Generator, radii: Sequence[float], tries: int = 200) -
 
 
 def _radius_range(n: int) -> tuple[float, float]:
-    return {1: (0.12, 0.26), 2: (0.11, 0.2), 3: (0.10, 0.16), 4: (0.10, 0.14)}[n]
+    return {1: (0.12, 0.26), 2: (0.11, 0.2), 3: (0.11, 0.16), 4: (0.11, 0.15)}[n]
 
 
 def _background(rng: np.random.Generator) -> tuple[float, float, float]:

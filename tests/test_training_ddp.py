@@ -11,6 +11,7 @@ import torch
 
 from _miro_train_fakes import make_store, miro_host_module, tiny_config  # noqa: F401
 
+pytestmark = pytest.mark.usefixtures("miro_host_module")
 TESTS = Path(__file__).resolve().parent
 
 SCRIPT = """

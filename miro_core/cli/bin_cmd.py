@@ -13,6 +13,8 @@ from .score_cmd import parse_reward_list
 
 
 class BinCommand(Command):
+    """Bin stored reward scores without rescoring."""
+
     name = "bin"
     help = "bin stored reward scores (quantile, uniform, ...) without rescoring"
 

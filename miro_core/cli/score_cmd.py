@@ -42,6 +42,8 @@ def parse_reward_options(rewards: list[str], items: list[str]) -> dict[str, dict
 
 
 class ScoreCommand(Command):
+    """Score a dataset with reward models into a reward store (resumable)."""
+
     name = "score"
     help = "score a dataset with reward models into a reward store (resumable, adds only missing rewards)"
 

@@ -12,6 +12,8 @@ from ..interfaces import Command
 
 
 class StoreInfoCommand(Command):
+    """Summarise a reward store: rows, per-reward counts, binnings."""
+
     name = "store info"
     help = "summarise a reward store (rows, rewards with scored/failed/missing counts, binnings)"
 

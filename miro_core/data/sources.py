@@ -41,8 +41,9 @@ def _read_text_file(path: str) -> str | None:
 
 # ---------------------------------------------------------------------------------------------------
 class ImageFolderSource(DataSource):
-    """Images in a directory tree; the caption is ``<stem>.txt`` beside each image (optional
-    ``<stem>.short.txt``). Recursive, sorted by relative path; id = relative path without extension."""
+    """Images in a folder tree with ``<stem>.txt`` captions (optional ``<stem>.short.txt``); id = relative path.
+
+    Recursive, sorted by relative path; the id is the relative path without extension."""
 
     name = "image_folder"
 
@@ -120,8 +121,9 @@ _KEY_RE = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")
 
 
 class WebDatasetSource(DataSource):
-    """WebDataset tar shards on any fsspec URL (brace ranges allowed). Members are grouped by ``__key__``;
-    image from ``jpg``/``jpeg``/``png``/``webp``, caption from ``txt`` (or ``json["caption"]``), short caption
+    """WebDataset tar shards on any fsspec URL, brace ranges allowed; id = ``__key__``.
+
+    Members are grouped by ``__key__``; image from ``jpg``/``jpeg``/``png``/``webp``, caption from ``txt`` (or ``json["caption"]``), short caption
     from ``short.txt`` (or ``json["short_caption"]``). id = ``__key__``."""
 
     name = "webdataset"
@@ -197,8 +199,9 @@ class WebDatasetSource(DataSource):
 
 # ---------------------------------------------------------------------------------------------------
 class JsonlSource(DataSource):
-    """A JSONL manifest: one object per line with ``id``, ``image`` (path relative to the manifest, absolute
-    path, or fsspec URL), ``caption`` and optional ``short_caption``."""
+    """A JSONL manifest: one object per line with id, image, caption (and optional short_caption).
+
+    ``image`` is a path relative to the manifest, an absolute path, or an fsspec URL."""
 
     name = "jsonl"
 

@@ -349,7 +349,9 @@ def _train(cfg, out: Path, dist: DistInfo, device: torch.device, eval_fn, progre
     if ddp:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # unused parameters are normal here: empty register banks, self-conditioning paths taken on some steps
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=True)
     batcher = Batcher(data, cfg, dist, device)
 
     meta = {
