@@ -134,7 +134,7 @@ def _test_time_scaling(run: Any, models: list[str]) -> dict[str, Any]:
             ev = TestTimeScaling(TestTimeScaling.Config(
                 selection_reward=selection, rewards=tuple(run.eval_reward_names), max_log2=ex.tts_max_log2,
                 batch_size=e.batch_size, seed=e.seed, device=run.cfg.device, compositional=comp,
-                compositional_options=dict(e.geneval_options)))
+                compositional_options={"images_per_category": ex.tts_geneval_images_per_category}))
             ev._rewards = {selection: run.reward_models[selection], **run.reward_models}
             return ev.evaluate(pipe, prompts=prompts, seed=e.seed, **run.sampling_kwargs(pipe))
 
@@ -145,6 +145,8 @@ def _test_time_scaling(run: Any, models: list[str]) -> dict[str, Any]:
     for m, flat in results.items():
         for k, v in flat.items():
             head, _, metric = k.partition("/")
+            if metric == "num_images":
+                continue
             n = int(head.removeprefix("best_of_"))
             by_model.setdefault(m, {}).setdefault(n, {})[metric] = v
     tts_metrics = [r for r in run.eval_reward_names]

@@ -94,7 +94,7 @@ def write_report(run: Any, models: dict[str, tuple[str, ...]]) -> dict[str, Any]
              + (" and the compositional score (`geneval/overall`, exact GenEval-style check of the world)." if "geneval/overall" in mm else "."))
     header = ["model", "conditioned on", *[m.replace("/mean", "") for m in mm]]
     rep.table(header, [[m, ", ".join(models[m]) or "(none)", *[metrics["models"][m].get(k) for k in mm]] for m in models])
-    gen_keys = sorted({k for m in models for k in metrics["models"][m] if k.startswith("geneval/") and k != "geneval/overall"})
+    gen_keys = sorted({k for m in models for k in metrics["models"][m] if k.startswith("geneval/") and k not in ("geneval/overall", "geneval/num_images")})
     if gen_keys:
         rep.text("Compositional score per category:")
         rep.table(["model", *[k.removeprefix("geneval/") for k in gen_keys]],

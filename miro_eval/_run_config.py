@@ -63,6 +63,8 @@ class ExperimentsConfig:
     tts_max_log2: int = 5
     tts_prompts: int = 16
     tts_selection: str = ""
+    #: images per GenEval category for the compositional score of the kept images
+    tts_geneval_images_per_category: int = 8
     #: pairwise trade-off sweep between the first two rewards
     tradeoff: bool = False
 
@@ -107,9 +109,9 @@ class RunConfig:
 _SMALL_RIN = {"interface_dim": 64, "latent_dim": 96, "num_latents": 16, "num_blocks": 1, "layers_per_block": 2,
               "heads": 2, "interface_heads": 2, "patch_size": 4}
 
-#: preset name -> overrides of RunConfig defaults (nested dicts)
+#: preset name -> overrides of RunConfig defaults (nested dicts). Sizes are measured in docs/miro-run.md.
 PRESETS: dict[str, dict[str, Any]] = {
-    # smoke test: everything runs, nothing is learned (< 2 minutes)
+    # smoke test: every phase runs, nothing is learned (< 2 minutes)
     "tiny": {
         "data_options": {"num_samples": 64, "image_size": 16},
         "image_size": 16,
@@ -119,39 +121,43 @@ PRESETS: dict[str, dict[str, Any]] = {
         "backbone_options": _SMALL_RIN,
         "train": {"checkpoint_every": 6, "log_every": 2, "optim": {"warmup_steps": 2}},
         "eval": {"num_prompts": 4, "num_steps": 2, "batch_size": 8, "eval_every": 3, "curve_prompts": 4,
-                 "curve_num_steps": 2, "grid_prompts": 4, "geneval_options": {}},
+                 "curve_num_steps": 2, "grid_prompts": 4, "geneval_options": {"images_per_category": 2}},
     },
     "quick": {
-        "data_options": {"num_samples": 600, "image_size": 16},
-        "image_size": 16,
+        "data_options": {"num_samples": 800, "image_size": 32},
+        "image_size": 32,
         "bins": 8,
-        "steps": 300,
+        "steps": 400,
         "batch_size": 32,
         "backbone_options": _SMALL_RIN,
-        "train": {"checkpoint_every": 300, "optim": {"warmup_steps": 30}},
-        "eval": {"num_prompts": 32, "num_steps": 10, "eval_every": 100, "curve_prompts": 16, "curve_num_steps": 8},
+        "train": {"checkpoint_every": 400, "optim": {"warmup_steps": 40}},
+        "eval": {"num_prompts": 32, "num_steps": 12, "eval_every": 100, "curve_prompts": 16, "curve_num_steps": 8,
+                 "geneval_options": {"n_per_prompt": 1}},
     },
     "default": {
-        "data_options": {"num_samples": 2000, "image_size": 16},
-        "image_size": 16,
+        "data_options": {"num_samples": 3000, "image_size": 32},
+        "image_size": 32,
         "bins": 16,
-        "steps": 1200,
+        "steps": 2000,
         "batch_size": 32,
         "backbone_options": _SMALL_RIN,
-        "train": {"checkpoint_every": 400, "optim": {"warmup_steps": 100}},
-        "eval": {"num_prompts": 64, "num_steps": 16, "eval_every": 200, "curve_prompts": 24, "curve_num_steps": 10},
+        "train": {"checkpoint_every": 500, "optim": {"warmup_steps": 100}},
+        "eval": {"num_prompts": 64, "num_steps": 16, "eval_every": 250, "curve_prompts": 24, "curve_num_steps": 10,
+                 "geneval_options": {"n_per_prompt": 2}},
     },
     "paper-mini": {
-        "data_options": {"num_samples": 4000, "image_size": 16},
-        "image_size": 16,
+        "data_options": {"num_samples": 4000, "image_size": 32},
+        "image_size": 32,
         "bins": 16,
-        "steps": 1200,
+        "steps": 2000,
         "batch_size": 32,
         "backbone_options": _SMALL_RIN,
-        "train": {"checkpoint_every": 600, "optim": {"warmup_steps": 100}},
-        "eval": {"num_prompts": 64, "num_steps": 16, "eval_every": 200, "curve_prompts": 24, "curve_num_steps": 10},
+        "train": {"checkpoint_every": 1000, "optim": {"warmup_steps": 100}},
+        "eval": {"num_prompts": 64, "num_steps": 16, "eval_every": 250, "curve_prompts": 24, "curve_num_steps": 10,
+                 "geneval_options": {"n_per_prompt": 2}},
         "experiments": {"single_reward": True, "leave_one_out": True, "controllability": True,
-                        "test_time_scaling": True, "tts_max_log2": 5, "tts_prompts": 16, "tradeoff": True},
+                        "controllability_rewards": list(WORLD_REWARDS), "test_time_scaling": True, "tts_max_log2": 5,
+                        "tts_prompts": 16, "tts_selection": "world_alignment", "tradeoff": True},
     },
 }
 

@@ -118,6 +118,15 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     if args.backbone is not None and "backbone_options" not in file_data and not any(s.startswith("backbone_options") for s in args.set):
         if args.backbone != PRESETS[preset].get("backbone", "rin"):
             data.pop("backbone_options", None)  # preset options are for the preset's backbone
+    if args.rewards is not None:  # preset experiment settings naming other rewards follow --rewards
+        ex = data.get("experiments", {})
+        user_ex = set(file_data.get("experiments", {})) | {s.split("=", 1)[0].split(".", 1)[-1] for s in args.set
+                                                            if s.startswith("experiments.")}
+        chosen = set(flags["rewards"])
+        if "controllability_rewards" in ex and "controllability_rewards" not in user_ex:
+            ex["controllability_rewards"] = [r for r in ex["controllability_rewards"] if r in chosen]
+        if ex.get("tts_selection") and "tts_selection" not in user_ex and ex["tts_selection"] not in chosen:
+            ex["tts_selection"] = ""
     cfg = structure(data, RunConfig, path="run")
     validate_config(cfg)
     return cfg

@@ -124,9 +124,7 @@ def corrupt(spec: CaptionSpec, kind: str, rng: np.random.Generator) -> tuple[Cap
             drop = int(rng.integers(len(groups)))
             kept = tuple(g for k, g in enumerate(groups) if k != drop)
             return CaptionSpec(kept), {"type": "partial", "dropped": attrs.asdict(groups[drop])}
-        if groups[0].color is not None:
-            return CaptionSpec((attrs.evolve(groups[0], color=None),)), {"type": "partial", "dropped": "color"}
-        return None
+        return None  # a single group cannot lose an object (dropping its colour stays true: not a corruption)
     if kind == "wrong_color":
         k = int(rng.integers(len(groups)))
         present = {(g.color, g.shape) for g in groups}
@@ -170,7 +168,7 @@ def make_caption(scene: Scene, rng: np.random.Generator, partial_prob: float = 0
                  color_drop_prob: float = 0.15) -> tuple[str, str, dict[str, Any] | None, CaptionSpec]:
     """Caption a scene: ``(caption, short_caption, corruption or None, spec actually phrased)``.
 
-    With ``partial_prob`` the caption omits an object (or the colour of a single object); with
+    With ``partial_prob`` the caption omits an object (scenes of a single group keep a true caption); with
     ``wrong_prob`` one attribute is wrong (colour, count, shape or relation, whichever applies).
     """
     spec = spec_from_scene(scene)

@@ -77,7 +77,6 @@ def test_score_matches_independent_computation(reward, aes_files):
     proc = CLIPProcessor.from_pretrained(str(aes_files["clip"]))
     state = torch.load(aes_files["head"], map_location="cpu", weights_only=True)
     assert sorted(state) == sorted(f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias"))
-    x = None
     rng = np.random.default_rng(2)
     arrays = [rng.integers(0, 256, size=(224, 224, 3), dtype=np.uint8) for _ in range(3)]
     with torch.no_grad():

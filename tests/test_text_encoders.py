@@ -147,6 +147,13 @@ def test_t5_bfloat16_returns_float32(tmp_path):
     assert tokens.dtype == torch.float32 and torch.isfinite(tokens).all()
 
 
+def test_bad_dtype_is_a_config_error():
+    from miro_core import ConfigError
+
+    with pytest.raises(ConfigError, match="dtype"):
+        registry("text_encoders").create("t5", {"dtype": "float8"})
+
+
 def test_t5_missing_weights_errors(tmp_path):
     enc = registry("text_encoders").create("t5", {"model": str(tmp_path / "flan")})
     with pytest.raises(MiroError, match="flan"):

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from miro_core import MiroError, TextEncoder
+from miro_core import ConfigError, MiroError, TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,9 @@ class HFTextEncoder(TextEncoder):
 
     def __init__(self, config: Any = None):
         super().__init__(config)
+        dtype = getattr(self.config, "dtype", "float32")
+        if dtype not in DTYPES:
+            raise ConfigError(f"text encoder {self.name!r}: dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")
         self._tokenizer = None
         self._model = None
         self._device = torch.device("cpu")
