@@ -27,11 +27,31 @@ def timeit(fn, device: torch.device, warmup: int = 2, iters: int = 5) -> float:
     return times[len(times) // 2]
 
 
+def interleaved(fns: dict, device: torch.device, rounds: int = 5, warmup: int = 1) -> dict:
+    """Minimum seconds per call of each function, measured in alternating rounds.
+
+    On a shared, loaded machine the minimum over interleaved rounds is the most stable estimate of the
+    uncontended time, and interleaving exposes every function to the same load drift.
+    """
+    for f in fns.values():
+        for _ in range(warmup):
+            f()
+    sync(device)
+    best = {k: float("inf") for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            sync(device)
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best
+
+
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, iters: int = 5) -> float:
     """Measured FLOP/s of a square matmul (this machine's practical peak)."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    s = timeit(lambda: a @ b, device, warmup=2, iters=iters)
+    s = interleaved({"mm": lambda: a @ b}, device, rounds=iters, warmup=2)["mm"]
     return 2 * n**3 / s
 
 

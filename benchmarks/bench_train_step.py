@@ -18,7 +18,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _bench_common import build_rin_model, matmul_peak, sync, timeit  # noqa: E402
+from _bench_common import build_rin_model, interleaved, matmul_peak, sync  # noqa: E402
 
 
 def main(argv=None):
@@ -28,7 +28,8 @@ def main(argv=None):
     ap.add_argument("--image", type=int, default=32, help="latent side (pixel model: image side)")
     ap.add_argument("--channels", type=int, default=3)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--iters", type=int, default=8, help="interleaved rounds (min is reported)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     args = ap.parse_args(argv)
 
     from miro_core import structure
@@ -38,6 +39,8 @@ def main(argv=None):
     from miro_core.training.ema import EMA
     from miro_core.training.loop import Batcher, _autocast, lr_factor, make_optimizer, train_step
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     torch.manual_seed(0)
@@ -77,11 +80,8 @@ def main(argv=None):
         v.float().pow(2).mean().backward()
         model.zero_grad(set_to_none=True)
 
-    t_full = timeit(full, device, iters=args.iters)
-    t_bare = timeit(bare, device, iters=args.iters)
-    t_full2 = timeit(full, device, iters=args.iters)  # interleave to average out load drift
-    t_bare2 = timeit(bare, device, iters=args.iters)
-    t_full, t_bare = min(t_full, t_full2), min(t_bare, t_bare2)
+    times = interleaved({"full": full, "bare": bare}, device, rounds=args.iters, warmup=2)
+    t_full, t_bare = times["full"], times["bare"]
 
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -54,14 +54,15 @@ class Registration:
     plugin: str
 
     def as_dict(self) -> dict[str, Any]:
-        doc = (self.cls.__doc__ or "").strip().splitlines()
+        first_paragraph = (self.cls.__doc__ or "").strip().split("\n\n")[0]
+        summary = " ".join(line.strip() for line in first_paragraph.splitlines()) or getattr(self.cls, "help", "")
         return {
             "name": self.name,
             "distribution": self.distribution,
             "version": self.version,
             "plugin": self.plugin,
             "class": f"{self.cls.__module__}.{self.cls.__qualname__}",
-            "summary": doc[0] if doc else "",
+            "summary": summary,
         }
 
 

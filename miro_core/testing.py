@@ -15,7 +15,7 @@ Each contract checks what the interface promises (DESIGN.md section 4); subclass
 
 from __future__ import annotations
 
-__all__ = ["RewardContract", "BinnerContract", "BackboneContract", "DataSourceContract", "TextEncoderContract",
+__all__ = ["unzero_parameters", "RewardContract", "BinnerContract", "BackboneContract", "DataSourceContract", "TextEncoderContract",
            "AutoencoderContract", "GuidanceContract"]
 
 import json
@@ -144,6 +144,20 @@ class BinnerContract:
             assert ((bins[finite] >= 0) & (bins[finite] < b.num_bins)).all()
 
 
+def unzero_parameters(model: torch.nn.Module, seed: int = 1, std: float = 0.05) -> torch.nn.Module:
+    """Give all-zero parameters (zero-initialised output heads, adaLN, gates) small random values.
+
+    Backbones commonly start with a zero output layer; a contract check on such a model would pass whatever
+    the model does (its output is identically zero), so the contract tests run on an "unzeroed" copy.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim >= 1 and not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
 class BackboneContract:
     """Contract for :class:`Backbone` plugins. Subclasses give small ``options``."""
 
@@ -154,7 +168,7 @@ class BackboneContract:
 
     def make_backbone(self) -> Backbone:
         torch.manual_seed(0)
-        return registry("backbones").create(self.backbone_name, dict(self.options))
+        return unzero_parameters(registry("backbones").create(self.backbone_name, dict(self.options)))
 
     def _inputs(self, model: Backbone, batch: int = 3):
         g = torch.Generator().manual_seed(0)

@@ -76,7 +76,7 @@ def _controllability(run: Any, rewards: tuple[str, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     bar = run.progress.bar(len(targets), "controllability sweep")
     for r in targets:
-        key = {"ckpt": run.checkpoint("miro"), "r": r, "levels": list(ex.controllability_levels), "n": len(prompts),
+        key = {"ckpt": run.checkpoint_id("miro"), "r": r, "levels": list(ex.controllability_levels), "n": len(prompts),
                "eval": unstructure(e), "rewards": run.eval_reward_names}
 
         def compute(r=r):
@@ -102,7 +102,7 @@ def _tradeoff(run: Any, rewards: tuple[str, ...]) -> dict[str, Any]:
     e = run.cfg.eval
     a, b = rewards[0], rewards[-1]
     prompts = run.prompts("controllability", run.cfg.experiments.controllability_prompts)
-    key = {"ckpt": run.checkpoint("miro"), "a": a, "b": b, "n": len(prompts), "eval": unstructure(e), "rewards": run.eval_reward_names}
+    key = {"ckpt": run.checkpoint_id("miro"), "a": a, "b": b, "n": len(prompts), "eval": unstructure(e), "rewards": run.eval_reward_names}
 
     def compute():
         pipe = run.pipeline("miro")
@@ -126,7 +126,7 @@ def _test_time_scaling(run: Any, models: list[str]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     bar = run.progress.bar(len(models), f"best-of-N (selected by {selection})")
     for m in models:
-        key = {"ckpt": run.checkpoint(m), "sel": selection, "k": ex.tts_max_log2, "n": len(prompts), "eval": unstructure(e),
+        key = {"ckpt": run.checkpoint_id(m), "sel": selection, "k": ex.tts_max_log2, "n": len(prompts), "eval": unstructure(e),
                "rewards": run.eval_reward_names, "comp": comp}
 
         def compute(m=m):

@@ -6,7 +6,7 @@ The resolved config is saved as ``config.json`` in the out folder.
 
 from __future__ import annotations
 
-__all__ = ["RunConfig", "EvalConfig", "ExperimentsConfig", "PRESETS", "WORLD_REWARDS", "preset_names"]
+__all__ = ["RunConfig", "EvalConfig", "ExperimentsConfig", "PRESETS", "SMALL_BACKBONES", "WORLD_REWARDS", "preset_names"]
 
 from typing import Any
 
@@ -109,6 +109,11 @@ class RunConfig:
 _SMALL_RIN = {"interface_dim": 64, "latent_dim": 96, "num_latents": 16, "num_blocks": 1, "layers_per_block": 2,
               "heads": 2, "interface_heads": 2, "patch_size": 4}
 
+_SMALL_DIT = {"patch_size": 4, "hidden_dim": 128, "depth": 4, "heads": 4}
+
+#: backbone options used by every preset unless the config / --set gives backbone_options
+SMALL_BACKBONES: dict[str, dict[str, Any]] = {"rin": _SMALL_RIN, "dit": _SMALL_DIT}
+
 #: preset name -> overrides of RunConfig defaults (nested dicts). Sizes are measured in docs/miro-run.md.
 PRESETS: dict[str, dict[str, Any]] = {
     # smoke test: every phase runs, nothing is learned (< 2 minutes)
@@ -118,7 +123,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "bins": 4,
         "steps": 6,
         "batch_size": 8,
-        "backbone_options": _SMALL_RIN,
         "train": {"checkpoint_every": 6, "log_every": 2, "optim": {"warmup_steps": 2}},
         "eval": {"num_prompts": 4, "num_steps": 2, "batch_size": 8, "eval_every": 3, "curve_prompts": 4,
                  "curve_num_steps": 2, "grid_prompts": 4, "geneval_options": {"images_per_category": 2}},
@@ -129,7 +133,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "bins": 8,
         "steps": 400,
         "batch_size": 32,
-        "backbone_options": _SMALL_RIN,
         "train": {"checkpoint_every": 400, "optim": {"warmup_steps": 40}},
         "eval": {"num_prompts": 32, "num_steps": 12, "eval_every": 100, "curve_prompts": 16, "curve_num_steps": 8,
                  "geneval_options": {"n_per_prompt": 1}},
@@ -140,7 +143,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "bins": 16,
         "steps": 2000,
         "batch_size": 32,
-        "backbone_options": _SMALL_RIN,
         "train": {"checkpoint_every": 500, "optim": {"warmup_steps": 100}},
         "eval": {"num_prompts": 64, "num_steps": 16, "eval_every": 250, "curve_prompts": 24, "curve_num_steps": 10,
                  "geneval_options": {"n_per_prompt": 2}},
@@ -151,7 +153,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "bins": 16,
         "steps": 2000,
         "batch_size": 32,
-        "backbone_options": _SMALL_RIN,
         "train": {"checkpoint_every": 1000, "optim": {"warmup_steps": 100}},
         "eval": {"num_prompts": 64, "num_steps": 16, "eval_every": 250, "curve_prompts": 24, "curve_num_steps": 10,
                  "geneval_options": {"n_per_prompt": 2}},

@@ -26,7 +26,7 @@ from typing import Any
 
 from miro_core import ConfigError, MiroError, apply_overrides, load_toml, structure, unstructure
 
-from ._run_config import PRESETS, RunConfig
+from ._run_config import PRESETS, SMALL_BACKBONES, RunConfig
 
 log = logging.getLogger("miro_eval.run")
 
@@ -115,9 +115,9 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     data = _deep_merge(data, flags)
     if args.set:
         data = apply_overrides(data, list(args.set))
-    if args.backbone is not None and "backbone_options" not in file_data and not any(s.startswith("backbone_options") for s in args.set):
-        if args.backbone != PRESETS[preset].get("backbone", "rin"):
-            data.pop("backbone_options", None)  # preset options are for the preset's backbone
+    if "backbone_options" not in file_data and not any(s.startswith("backbone_options") for s in args.set):
+        # presets use a small model of the chosen backbone (see SMALL_BACKBONES); its defaults otherwise
+        data["backbone_options"] = dict(SMALL_BACKBONES.get(str(data.get("backbone", "rin")), {}))
     if args.rewards is not None:  # preset experiment settings naming other rewards follow --rewards
         ex = data.get("experiments", {})
         user_ex = set(file_data.get("experiments", {})) | {s.split("=", 1)[0].split(".", 1)[-1] for s in args.set
@@ -410,6 +410,11 @@ class MiroRun:
 
         return read_json(self.out / "models" / name / "result.json")["checkpoint_dir"]
 
+    def checkpoint_id(self, name: str) -> str:
+        """Identifies a trained model in cache keys: its checkpoint path and training-config hash."""
+        key_file = self.out / "models" / name / "key.txt"
+        return f"{self.checkpoint(name)}#{key_file.read_text().strip() if key_file.exists() else ''}"
+
     def pipeline(self, name: str):
         if name not in self._pipes:
             from miro_core.sampling import MiroPipeline
@@ -520,7 +525,7 @@ class MiroRun:
     def evaluate_model(self, name: str) -> dict[str, float]:
         """Rewards on the evaluation prompts + the compositional evaluator (cached per checkpoint)."""
         e = self.cfg.eval
-        key = {"ckpt": self.checkpoint(name), "eval": unstructure(e), "rewards": self.eval_reward_names}
+        key = {"ckpt": self.checkpoint_id(name), "eval": unstructure(e), "rewards": self.eval_reward_names}
 
         def compute():
             pipe = self.pipeline(name)
@@ -548,7 +553,7 @@ class MiroRun:
         for name in models:
             path = self.out / "samples" / f"{name}.png"
             stamp = self.out / "samples" / f"{name}.key"
-            key = _hash({"ckpt": self.checkpoint(name), "eval": unstructure(e)})
+            key = _hash({"ckpt": self.checkpoint_id(name), "eval": unstructure(e)})
             if path.exists() and stamp.exists() and stamp.read_text() == key:
                 continue
             pipe = self.pipeline(name)
@@ -584,6 +589,16 @@ def _main(argv: list[str]) -> int:
     cfg = resolve_config(args)
     out = Path(args.out) if args.out else _default_out(cfg)
     progress = not args.no_progress
+    if not progress:
+        import os
+
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except ImportError:  # transformers is optional for custom text encoders
+            pass
     if progress:
         print(f"[miro-run] preset {cfg.preset}, rewards {', '.join(cfg.rewards) or '(none)'}, out {out}", file=sys.stderr)
     result = MiroRun(cfg, out, progress=progress).run()

@@ -77,6 +77,9 @@ class AlignmentModelConfig:
     vocab: tuple[str, ...] = VOCAB
     image_size: int = 32
     channels: tuple[int, ...] = (24, 48, 64, 64)
+    #: hidden width of the MLP on the flattened feature map (0: linear). Relations ("A left of B") are a
+    #: conjunction of two objects' features at two places: a linear read-out of local features cannot say it.
+    image_hidden: int = 192
     text_dim: int = 64
     text_layers: int = 2
     text_heads: int = 4
@@ -86,8 +89,8 @@ class AlignmentModelConfig:
 
 @config
 class AlignmentTrainConfig:
-    steps: int = 700
-    batch_size: int = 128
+    steps: int = 800
+    batch_size: int = 96
     num_hard_negatives: int = 3
     num_scenes: int = 12000
     lr: float = 3e-3
@@ -98,6 +101,8 @@ class AlignmentTrainConfig:
         "blur": 0.25, "noise": 0.25, "low_contrast": 0.2, "clutter": 0.1, "jpeg": 0.1})
     backdrop_prob: float = 0.1
     color_drop_prob: float = 0.15
+    #: fraction of training scenes of kind "position" (the rest: uniform over kinds)
+    position_fraction: float = 0.3
     num_eval_scenes: int = 1000
     model: AlignmentModelConfig = attrs.field(factory=AlignmentModelConfig)
 
@@ -115,7 +120,11 @@ class AlignmentModel(nn.Module):
             c_in = c
         self.conv = nn.Sequential(*layers)
         side = cfg.image_size // 2 ** (len(cfg.channels) - 1)
-        self.image_proj = nn.Linear(c_in * side * side, cfg.embed_dim)
+        flat = c_in * side * side
+        if cfg.image_hidden:
+            self.image_proj = nn.Sequential(nn.Linear(flat, cfg.image_hidden), nn.GELU(), nn.Linear(cfg.image_hidden, cfg.embed_dim))
+        else:
+            self.image_proj = nn.Linear(flat, cfg.embed_dim)
         self.embed = nn.Embedding(len(cfg.vocab), cfg.text_dim, padding_idx=0)
         self.pos = nn.Parameter(torch.randn(cfg.max_len, cfg.text_dim) * 0.02)
         layer = nn.TransformerEncoderLayer(cfg.text_dim, cfg.text_heads, 2 * cfg.text_dim, dropout=0.0,
@@ -149,7 +158,8 @@ def _scene_pool(cfg: AlignmentTrainConfig, n: int, stream: int) -> tuple[list, t
     size = cfg.model.image_size
     for i in range(n):
         rng = scene_rng(cfg.seed, i, stream)
-        scene = sample_scene(rng, backdrop_prob=cfg.backdrop_prob)
+        kind = "position" if (stream == 1 and rng.random() < cfg.position_fraction) else None
+        scene = sample_scene(rng, kind=kind, backdrop_prob=cfg.backdrop_prob)
         img = render(scene, size, chw=True).transpose(1, 2, 0)
         deg = sample_degradations(rng, dict(cfg.degradation_probs))
         if deg:
@@ -160,8 +170,11 @@ def _scene_pool(cfg: AlignmentTrainConfig, n: int, stream: int) -> tuple[list, t
 
 
 def _negatives(spec, rng: np.random.Generator, k: int) -> list[Any]:
-    """``k`` corrupted specs of ``spec`` (partial only when an object can be dropped)."""
+    """``k`` corrupted specs of ``spec`` (partial only when an object can be dropped). A caption with a
+    relation always gets a wrong-relation negative first: it is the only negative that needs positions."""
     out = []
+    if spec.relation is not None and k > 0:
+        out.append(corrupt(spec, "wrong_relation", rng)[0])
     while len(out) < k:
         kind = _NEGATIVE_KINDS[int(rng.integers(len(_NEGATIVE_KINDS)))]
         if kind == "partial" and len(spec.groups) < 2:
@@ -270,7 +283,8 @@ def save_alignment_model(model: AlignmentModel, out_dir: str | Path, train_confi
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(out / "alignment.safetensors"))
+    # float16 on disk (half the size; loading casts back to float32)
+    save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()}, str(out / "alignment.safetensors"))
     meta = {"model": unstructure(model.cfg), "train": unstructure(train_config) if train_config else None,
             "metrics": metrics or {}, "format": "miro_world.alignment/1"}
     (out / "alignment.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")

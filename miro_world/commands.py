@@ -16,7 +16,7 @@ class TrainAlignmentCommand(Command):
 
     def add_arguments(self, parser):
         parser.add_argument("--out", required=True, help="output directory (alignment.safetensors + alignment.json)")
-        parser.add_argument("--steps", type=int, default=None, help="optimisation steps (default 700)")
+        parser.add_argument("--steps", type=int, default=None, help="optimisation steps (default 800)")
         parser.add_argument("--batch-size", type=int, default=None)
         parser.add_argument("--num-scenes", type=int, default=None, help="training images rendered up front")
         parser.add_argument("--seed", type=int, default=None)

@@ -177,6 +177,7 @@ def make_host(with_rin: bool = False) -> PluginHost:
         "miro_models.guidance.multi_reward_cfg_text_drop",
         "miro_models.guidance.none",
         "miro_models.autoencoders.pixel",
+        "miro_rewards.binning.quantile",
         "miro_core.cli.train_cmd",
         "miro_core.cli.sample_cmd",
         "miro_core.cli.plugins_cmd",

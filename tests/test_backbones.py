@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from miro_core import registry
-from miro_core.testing import BackboneContract
+from miro_core.testing import BackboneContract, unzero_parameters
 from miro_models.backbones._layers import Attention, RMSNorm, patchify, timestep_features, unpatchify
 
 RIN_TINY = {"image_size": 16, "context_dim": 32, "interface_dim": 32, "latent_dim": 48, "num_latents": 8,
@@ -17,31 +17,17 @@ RIN_TINY = {"image_size": 16, "context_dim": 32, "interface_dim": 32, "latent_di
 DIT_TINY = {"image_size": 16, "context_dim": 32, "hidden_dim": 48, "depth": 2, "heads": 4}
 
 
-def _unzero(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
-    """Give zero-initialised layers (output heads, adaLN, self-conditioning) random values, so tests see
-    every path instead of a model whose output is identically zero at init."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim >= 1 and not p.any():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return model
+_unzero = unzero_parameters
 
 
 class TestRINContract(BackboneContract):
     backbone_name = "rin"
     options = RIN_TINY
 
-    def make_backbone(self):
-        return _unzero(super().make_backbone())
-
 
 class TestDiTContract(BackboneContract):
     backbone_name = "dit"
     options = DIT_TINY
-
-    def make_backbone(self):
-        return _unzero(super().make_backbone())
 
 
 def _inputs(batch=3, shape=(3, 16, 16), ctx_len=6, ctx_dim=32, seed=0):
@@ -100,9 +86,8 @@ def test_timestep_features_distinguish_times():
 @pytest.mark.parametrize("name,opts", [("rin", RIN_TINY), ("dit", DIT_TINY)])
 def test_eval_deterministic_and_time_and_context_matter(name, opts):
     torch.manual_seed(0)
-    model = _unzero(registry("backbones").create(name, dict(opts))).eval()
-    if name == "rin":
-        model = _unzero(registry("backbones").create(name, {**opts, "eval_self_cond": False})).eval()
+    extra = {"eval_self_cond": False} if name == "rin" else {}  # rin: no state carried between calls
+    model = _unzero(registry("backbones").create(name, {**opts, **extra})).eval()
     x, t, ctx, mask = _inputs()
     with torch.no_grad():
         a = model(x, t, ctx, mask)

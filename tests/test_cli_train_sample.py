@@ -112,3 +112,34 @@ def test_train_user_errors(tmp_path, capsys):
         rc = main(base + extra)
         err = capsys.readouterr().err
         assert rc == 2 and match in err and "Traceback" not in err, (extra, err)
+
+
+def test_train_and_sample_with_a_real_store(tmp_path, capsys):
+    """A real zarr reward store: join by id, quantile bins, the checkpoint records reward names + binner states."""
+    import numpy as np
+
+    from miro_core.store import RewardStore
+
+    url = str(tmp_path / "store.zarr")
+    ids = [f"s{i:04d}" for i in range(20)]  # 4 more rows than the data: the join is by id
+    store = RewardStore.create(url, ids, chunk_rows=32)
+    rng = np.random.default_rng(0)
+    for name in ("aesthetic", "pick"):
+        store.ensure_reward(name, {"version": "1"})
+        vals = rng.normal(size=20).astype(np.float32)
+        vals[3] = np.nan  # a failed score -> missing level
+        store.write_scores(name, 0, vals)
+    store.bin("quantile", {"num_bins": 4}, rewards=["aesthetic", "pick"])
+    out = tmp_path / "out"
+    rc = main(["train", "--data", "test_shapes:n=16", "--store", url, "--rewards", "pick,aesthetic", "--backbone",
+               "tiny_test", "--steps", "2", "--batch-size", "4", "--out", str(out), "--no-progress",
+               "--set", "model.text_encoder.name=hash_text", "--set", "model.conditioning.dim=32",
+               "--set", "data.image_size=8", "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "device=cpu"])
+    assert rc == 0, capsys.readouterr().err
+    meta = json.loads((out / "checkpoints" / "step_00000002" / "config.json").read_text())
+    assert meta["reward_names"] == ["pick", "aesthetic"] and meta["binner"] == "quantile"
+    assert set(meta["binner_states"]) == {"pick", "aesthetic"} and meta["data"]["num_samples"] == 16
+    rc = main(["sample", "--checkpoint", str(out), "--prompt", "x", "--steps", "1", "--target", "clip=1",
+               "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Its rewards: pick, aesthetic" in err

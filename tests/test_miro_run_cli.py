@@ -71,7 +71,7 @@ def test_user_form_with_dit_and_uniform_resolves():
                                       "--backbone", "dit", "--preset", "quick"])
     cfg = resolve_config(args)
     assert cfg.rewards == ("world_sharpness", "world_alignment") and cfg.binner == "uniform"
-    assert cfg.backbone == "dit" and cfg.backbone_options == {}  # rin-sized preset options are dropped for dit
+    assert cfg.backbone == "dit" and cfg.backbone_options["hidden_dim"] == 128  # the small DiT of the presets
 
 
 def test_real_reward_without_weights_fails_clearly(capsys, tmp_path, monkeypatch):

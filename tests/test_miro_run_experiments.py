@@ -1,0 +1,84 @@
+"""``miro-run`` with the sampling experiments of paper-mini switched on, at tiny size (2 rewards, 4 models).
+
+Leave-one-out is on (2 more models); single-reward models only add trainings of the same kind: their plan is
+checked directly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from miro_eval.run import main
+
+REWARDS = ["world_sharpness", "world_vividness"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("miro-run-exp") / "out"
+    sets = ["experiments.leave_one_out=true", "experiments.controllability=true",
+            "experiments.controllability_prompts=3", "experiments.test_time_scaling=true", "experiments.tts_max_log2=2",
+            "experiments.tts_prompts=2", "experiments.tts_geneval_images_per_category=1", "experiments.tradeoff=true",
+            "eval.eval_every=0"]
+    argv = ["--preset", "tiny", "--rewards", ",".join(REWARDS), "--out", str(out), "--no-progress"]
+    for s in sets:
+        argv += ["--set", s]
+    assert main(argv) == 0
+    return out
+
+
+def test_model_plan_of_paper_mini():
+    from miro_eval.run import MiroRun, build_parser, resolve_config
+
+    cfg = resolve_config(build_parser().parse_args(["--preset", "paper-mini", "--rewards", "world_sharpness,world_vividness,world_cleanliness"]))
+    plan = MiroRun(cfg, "unused").model_plan()
+    assert plan == {
+        "miro": ("world_sharpness", "world_vividness", "world_cleanliness"),
+        "baseline": (),
+        "only_world_sharpness": ("world_sharpness",),
+        "only_world_vividness": ("world_vividness",),
+        "only_world_cleanliness": ("world_cleanliness",),
+        "without_world_sharpness": ("world_vividness", "world_cleanliness"),
+        "without_world_vividness": ("world_sharpness", "world_cleanliness"),
+        "without_world_cleanliness": ("world_sharpness", "world_vividness"),
+    }
+    # preset experiment settings follow --rewards (world_alignment is not among them)
+    assert set(cfg.experiments.controllability_rewards) == {"world_sharpness", "world_vividness", "world_cleanliness"}
+    assert cfg.experiments.tts_selection == ""
+
+
+def test_all_experiments_reported(run_dir):
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert set(m["models"]) == {"miro", "baseline", "without_world_sharpness", "without_world_vividness"}
+    assert m["model_rewards"]["without_world_sharpness"] == ["world_vividness"]
+    assert set(m["comparison"]["reference_wins"]) == {"baseline"}  # leave-one-out models are not in Figure 4
+    loo = m["leave_one_out"]
+    assert set(loo["deltas"]) == set(REWARDS)
+    full = m["models"]["miro"]["world_vividness/mean"]
+    assert loo["own_delta"]["world_vividness"] == pytest.approx(m["models"]["without_world_vividness"]["world_vividness/mean"] - full)
+    # controllability: default = the first reward, 5 levels, a Spearman value (or null when undefined)
+    c = m["controllability"]["world_sharpness"]
+    assert c["levels"] == [0.0, 0.25, 0.5, 0.75, 1.0] and len(c["means"]["world_sharpness"]) == 5
+    assert c["spearman"] is None or -1.0 <= c["spearman"] <= 1.0
+    # test-time scaling: N = 1, 2, 4 for MIRO and baseline, rewards + compositional overall
+    t = m["test_time_scaling"]
+    assert t["ns"] == [1, 2, 4] and set(t["results"]) == {"miro", "baseline"}
+    for by_n in t["results"].values():
+        assert set(by_n) == {"1", "2", "4"}
+        assert {"world_sharpness", "world_vividness", "overall"} <= set(by_n["4"])
+        # selection by world_sharpness: the kept images' mean is non-decreasing in N
+        sel = [by_n[n]["world_sharpness"] for n in ("1", "2", "4")]
+        assert sel[0] <= sel[1] + 1e-9 <= sel[2] + 2e-9
+    assert m["tradeoff"]["t"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert "convergence" not in m  # eval_every=0: no curves
+
+
+def test_report_has_every_section_and_plot(run_dir):
+    text = (run_dir / "report.md").read_text()
+    for section in ("## Controllability", "## Leave one reward out", "## Test-time scaling", "## Trade-off"):
+        assert section in text
+    for plot in ("models.png", "radar.png", "leave_one_out.png", "controllability_world_sharpness.png",
+                 "test_time_scaling.png", "tradeoff.png"):
+        assert (run_dir / "plots" / plot).exists(), plot
+        assert f"plots/{plot}" in text
