@@ -133,7 +133,7 @@ def _test_time_scaling(run: Any, models: list[str]) -> dict[str, Any]:
             pipe = run.pipeline(m)
             ev = TestTimeScaling(TestTimeScaling.Config(
                 selection_reward=selection, rewards=tuple(run.eval_reward_names), max_log2=ex.tts_max_log2,
-                batch_size=e.batch_size, seed=e.seed, device=run.cfg.device, compositional=comp,
+                batch_size=e.batch_size, seed=e.seed, device=run.device, compositional=comp,
                 compositional_options={"images_per_category": ex.tts_geneval_images_per_category}))
             ev._rewards = {selection: run.reward_models[selection], **run.reward_models}
             return ev.evaluate(pipe, prompts=prompts, seed=e.seed, **run.sampling_kwargs(pipe))

@@ -206,6 +206,15 @@ class MiroRun:
         self._prompts: dict[str, list[str]] = {}
         self._reward_models: dict[str, Any] | None = None
         self._pipes: dict[str, Any] = {}
+        self.device = self._resolve_device(cfg.device)
+
+    @staticmethod
+    def _resolve_device(device: str) -> str:
+        if device == "auto":
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return device
 
     # -- helpers ---------------------------------------------------------------------------------------
     def path(self, *parts: str) -> Path:
@@ -282,7 +291,7 @@ class MiroRun:
             {r: dict(self.cfg.reward_options.get(r, {})) for r in rewards},
             self.store_url,
             batch_size=self.cfg.score_batch_size,
-            device=self.cfg.device,
+            device=self.device,
             progress=self.progress.enabled,
             data_spec=spec,
         )
@@ -419,7 +428,7 @@ class MiroRun:
         if name not in self._pipes:
             from miro_core.sampling import MiroPipeline
 
-            self._pipes[name] = MiroPipeline.from_checkpoint(self.checkpoint(name), device=self.cfg.device, use_ema=True)
+            self._pipes[name] = MiroPipeline.from_checkpoint(self.checkpoint(name), device=self.device, use_ema=True)
         return self._pipes[name]
 
     # evaluation -------------------------------------------------------------------------------------
@@ -467,14 +476,14 @@ class MiroRun:
         if self._reward_models is None:
             from ._common import load_rewards
 
-            self._reward_models = load_rewards(self.eval_reward_names, self.cfg.reward_options, self.cfg.device)
+            self._reward_models = load_rewards(self.eval_reward_names, self.cfg.reward_options, self.device)
         return self._reward_models
 
     def _reward_evaluator(self):
         from .reward_scores import RewardScores
 
         ev = RewardScores(RewardScores.Config(rewards=tuple(self.eval_reward_names), batch_size=self.cfg.eval.batch_size,
-                                              seed=self.cfg.eval.seed, device=self.cfg.device))
+                                              seed=self.cfg.eval.seed, device=self.device))
         ev._rewards = self.reward_models  # share the loaded reward models
         return ev
 

@@ -168,7 +168,7 @@ def miro_register_data_sources(register):
     register(ShapesSource)
 
 
-def make_host(with_rin: bool = False) -> PluginHost:
+def make_host(with_rin: bool = False, with_binner: bool = False) -> PluginHost:
     import importlib
     import sys
 
@@ -177,13 +177,14 @@ def make_host(with_rin: bool = False) -> PluginHost:
         "miro_models.guidance.multi_reward_cfg_text_drop",
         "miro_models.guidance.none",
         "miro_models.autoencoders.pixel",
-        "miro_rewards.binning.quantile",
         "miro_core.cli.train_cmd",
         "miro_core.cli.sample_cmd",
         "miro_core.cli.plugins_cmd",
     ]
     if with_rin:
         mods.append("miro_models.backbones.rin")
+    if with_binner:
+        mods.append("miro_rewards.binning.quantile")
     plugins = [(importlib.import_module(m), m) for m in mods]
     plugins.append((sys.modules[__name__], "test_fakes"))
     return PluginHost(load_entrypoints=False, extra_plugins=plugins)
@@ -191,7 +192,7 @@ def make_host(with_rin: bool = False) -> PluginHost:
 
 @pytest.fixture
 def miro_host():
-    host = make_host(with_rin=True)
+    host = make_host(with_rin=True, with_binner=True)
     reset_plugins(host)
     yield host
     reset_plugins(None)
@@ -218,7 +219,7 @@ def tiny_config(tmp_path, **over) -> dict:
 
 @pytest.fixture(scope="module")
 def miro_host_module():
-    host = make_host(with_rin=True)
+    host = make_host(with_rin=True, with_binner=True)
     reset_plugins(host)
     yield host
     reset_plugins(None)

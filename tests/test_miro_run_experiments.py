@@ -11,6 +11,8 @@ import pytest
 
 from miro_eval.run import main
 
+pytestmark = pytest.mark.slow  # ~1 min of CPU; several minutes of wall time on a loaded 2-core machine
+
 REWARDS = ["world_sharpness", "world_vividness"]
 
 

@@ -169,3 +169,27 @@ def test_lr_schedule():
 def test_config_errors(tmp_path, over, store, match):
     with pytest.raises(ConfigError, match=match):
         train(tiny_config(tmp_path, **over), tmp_path / "out", store=make_store() if store else None, progress=False)
+
+
+def test_eval_fn_sample_grids_and_tensorboard(tmp_path):
+    calls = []
+
+    def eval_fn(pipe, step):
+        img = pipe(["a red square on the left"], num_steps=2, seed=0)
+        calls.append((step, tuple(img.shape), pipe.reward_names))
+        return {"mean_pixel": float(img.mean()), "step_echo": step}
+
+    cfg = tiny_config(tmp_path, steps=2, checkpoint_every=0, eval_every=1, sample_every=2,
+                      **{"sample.num_steps": 2, "sample.prompts": ["a blue square on the right", "x"]})
+    r = train(cfg, tmp_path / "out", store=make_store(), progress=True, eval_fn=eval_fn)
+    assert calls == [(1, (1, 3, 8, 8), ("aesthetic", "pick")), (2, (1, 3, 8, 8), ("aesthetic", "pick"))]
+    evals = [h for h in r.history if "eval/mean_pixel" in h]
+    assert [h["step"] for h in evals] == [1, 2] and evals[1]["eval/step_echo"] == 2.0
+    assert (tmp_path / "out" / "samples" / "step_00000002.png").exists()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "out" / "tb"))
+    acc.Reload()
+    tags = acc.Tags()
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/samples_per_s", "eval/mean_pixel"} <= set(tags["scalars"])
+    assert "samples" in tags["images"]

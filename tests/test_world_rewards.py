@@ -90,6 +90,9 @@ def test_image_rewards_ignore_text_and_quality_rewards_are_contrast_invariant(cl
     torch.testing.assert_close(_score("world_sharpness", low), _score("world_sharpness", x), atol=0.05, rtol=0)
     # vividness is not fooled by pixel noise the way a raw colour variance would be
     noisy = _degraded(base, "noise", 0.1)
+    # and sharpness is about edges, not noise: noise moves it far less than a 1-pixel blur
+    s_clean, s_noisy, s_blur = (float(_score("world_sharpness", v).mean()) for v in (x, noisy, _degraded(base, "blur", 1.0)))
+    assert abs(s_noisy - s_clean) < 0.4 * abs(s_blur - s_clean)
     assert abs(float(_score("world_vividness", noisy).mean() - _score("world_vividness", x).mean())) < 0.03
 
 

@@ -254,7 +254,7 @@ def prepare_data(
     samples = []
     for s in source:
         samples.append(s)
-        if cfg.limit is not None and len(samples) >= cfg.limit:
+        if cfg.limit and len(samples) >= cfg.limit:
             break
     if not samples:
         raise ConfigError(f"Data source {cfg.spec!r} yielded no samples.")

@@ -1,10 +1,11 @@
 """``world_sharpness``: how sharp edges are, relative to their contrast, with noise discounted.
 
-On the luminance at a fixed working resolution (default 32 px): gradient energy ``|grad|^2`` minus the
+On the 3x3-median-filtered luminance at a fixed working resolution (default 32 px; the median removes
+most pixel noise but keeps step edges): gradient energy ``|grad|^2`` minus the
 energy i.i.d. noise of the estimated std would contribute (``sigma^2`` for central differences), divided by
 the energy of the local contrast (max - min over 7x7 windows of the 3x3-mean-smoothed luminance). A blurred edge spreads the same contrast over
 more pixels, so its gradient energy per unit contrast drops; a global contrast change cancels out; noise is
-subtracted rather than mistaken for detail. Score: ``log(ratio + 1e-4)``, higher = sharper. Image-only.
+filtered and the remainder subtracted rather than mistaken for detail. Score: ``log(ratio + 1e-4)``, higher = sharper. Image-only.
 """
 
 from __future__ import annotations
@@ -19,9 +20,15 @@ from miro_core import Reward, config, hookimpl
 from .._imageops import check_images, luminance, noise_sigma, resize
 
 
+def _median3(x: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = x.shape
+    cols = F.unfold(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3)  # [B, C*9, H*W]
+    return cols.view(b, c, 9, h * w).median(dim=2).values.view(b, c, h, w)
+
+
 def sharpness(images: torch.Tensor, resolution: int = 32) -> torch.Tensor:
     """Sharpness ``[B]`` of float images ``[B,3,H,W]`` in [0, 1]."""
-    lum = luminance(resize(images, resolution))
+    lum = _median3(luminance(resize(images, resolution)))
     sigma = noise_sigma(lum)
     p = F.pad(lum, (1, 1, 1, 1), mode="replicate")
     gx = (p[..., 1:-1, 2:] - p[..., 1:-1, :-2]) / 2
@@ -39,7 +46,7 @@ class WorldSharpness(Reward):
     """Edge sharpness per unit contrast, noise-compensated (image-only)."""
 
     name = "world_sharpness"
-    version = "1"
+    version = "2"
     uses_text = False
 
     @config
@@ -53,7 +60,8 @@ class WorldSharpness(Reward):
             return sharpness(images, self.config.resolution)
 
     def metadata(self):
-        return {**super().metadata(), "measures": "edge sharpness: noise-compensated gradient energy per unit "
+        return {**super().metadata(), "measures": "edge sharpness: gradient energy of the 3x3-median-filtered luma (minus the "
+                "residual noise energy) per unit "
                 "local contrast energy on the luminance, log scale; image-only", "uses_text": False}
 
 
