@@ -21,7 +21,7 @@ Design (documented in ``docs/scoring.md``):
 
 from __future__ import annotations
 
-__all__ = ["score_dataset", "DecodedBatches"]
+__all__ = ["score_dataset", "DecodedBatches", "auto_workers"]
 
 import logging
 import os
@@ -39,13 +39,20 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------------
-# streaming + decoding
+# streaming + decoding (runs in the DataLoader worker processes)
 # ---------------------------------------------------------------------------------------------------
 class DecodedBatches(torch.utils.data.IterableDataset):
-    """Samples of ``source`` whose row is in ``wanted``, decoded and batched (in DataLoader workers)."""
+    """Samples of ``source`` whose row is in ``wanted``, decoded and collated into batches.
 
-    def __init__(self, source: DataSource, index: Mapping[str, int], wanted: set[int], batch_size: int,
-                 limit: int | None):
+    The ``k``-th batch (of ``batch_size`` consecutive wanted samples) is built by worker ``k % num_workers``,
+    so the DataLoader yields the batches in source order and each batch touches few store chunks. A worker
+    decodes only its own batches (reading a caption is all it does for the others' samples); a batch arrives
+    ready to score: ``rows`` (int64 array), ``captions``, ``short_captions``, ``errors`` (``{position:
+    reason}`` of undecodable images) and ``groups``: ``[(positions, float32 [b, 3, H, W])]`` per image size.
+    """
+
+    def __init__(self, source: DataSource, index: Mapping[str, int], wanted: set[int] | np.ndarray,
+                 batch_size: int, limit: int | None):
         super().__init__()
         self.source = source
         self.index = index
@@ -53,58 +60,77 @@ class DecodedBatches(torch.utils.data.IterableDataset):
         self.batch_size = batch_size
         self.limit = limit
 
-    def _items(self):
+    def _wanted_fn(self):
+        w = self.wanted
+        if isinstance(w, np.ndarray) and w.dtype == bool:
+            n = w.shape[0]
+            return lambda row: row < n and bool(w[row])
+        return w.__contains__
+
+    def _batches_of_items(self):
+        """Lists of ``(row, sample)`` per batch of this worker."""
         info = torch.utils.data.get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        k = 0
+        bs, limit, index = self.batch_size, self.limit, self.index
+        wanted = self._wanted_fn()
+        k, buf = 0, []
         for pos, sample in enumerate(self.source):
-            if self.limit is not None and pos >= self.limit:
+            if limit is not None and pos >= limit:
                 break
-            row = self.index.get(str(sample.id))
-            if row is None or row not in self.wanted:
+            row = index.get(str(sample.id))
+            if row is None or not wanted(row):
                 continue
+            if (k // bs) % nw == wid:
+                buf.append((row, sample))
+                if len(buf) == bs:
+                    yield buf
+                    buf = []
             k += 1
-            if (k - 1) % nw != wid:
-                continue
-            yield row, sample
+        if buf:
+            yield buf
 
-    def _batch(self, items) -> dict[str, Any]:
-        from .data import to_tensor
+    @staticmethod
+    def _batch(items) -> dict[str, Any]:
+        from .data._decode import decode_raw, image_size, stack_images
 
-        images, errors = [], []
-        for _, s in items:
+        errors: dict[int, str] = {}
+        groups: dict[tuple[int, int], list[int]] = {}
+        raws: list[Any] = [None] * len(items)
+        for i, (_, s) in enumerate(items):
             try:
-                images.append(to_tensor(s.image))
-                errors.append(None)
+                raw = decode_raw(s.image)
+                raws[i] = raw
+                groups.setdefault(image_size(raw), []).append(i)
             except Exception as exc:  # noqa: BLE001 - any decode problem is a per-sample failure
-                images.append(None)
-                errors.append(f"image decode failed: {type(exc).__name__}: {exc}")
-        groups: dict[tuple, list[int]] = {}
-        for i, img in enumerate(images):
-            if img is not None:
-                groups.setdefault(tuple(img.shape), []).append(i)
+                errors[i] = f"image decode failed: {type(exc).__name__}: {exc}"
         return {
-            "rows": [r for r, _ in items],
-            "ids": [str(s.id) for _, s in items],
+            "rows": np.fromiter((r for r, _ in items), dtype=np.int64, count=len(items)),
             "captions": [s.caption or "" for _, s in items],
             "short_captions": [s.short_caption for _, s in items],
             "errors": errors,
-            "groups": [(idx, torch.stack([images[i] for i in idx])) for idx in groups.values()],
+            "groups": [(np.asarray(idx, dtype=np.int64), stack_images([raws[i] for i in idx]))
+                       for idx in groups.values()],
         }
 
     def __iter__(self):
-        buf = []
-        for item in self._items():
-            buf.append(item)
-            if len(buf) == self.batch_size:
-                yield self._batch(buf)
-                buf = []
-        if buf:
-            yield self._batch(buf)
+        for items in self._batches_of_items():
+            yield self._batch(items)
 
 
 def _identity(x):
     return x
+
+
+def auto_workers(device: str | torch.device = "cpu") -> int:
+    """Decode workers per rank when ``workers`` is not given: one core per rank stays with the reward, the
+    rest (at most 2 on CPU, where the reward needs the cores itself, and 8 on an accelerator) decode."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        cpus = os.cpu_count() or 1
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    cap = 2 if torch.device(device).type == "cpu" else 8
+    return max(0, min(cap, cpus // local - 1))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -235,14 +261,54 @@ def _prepare_store(store_url, source, rewards, limit, chunk_rows, job_config):
     return store
 
 
-def _pick_prompt(reward: Reward, caption: str, short: str | None) -> tuple[str, int]:
-    from .store import STATUS
+class _PromptPicker:
+    """Chooses the prompt (caption / short caption) and the done code of a sample for one reward.
 
-    if not reward.uses_text or reward.text_fits(caption):
-        return caption, STATUS["scored"]
-    if short:
-        return short, STATUS["short_caption"]
-    return caption, STATUS["truncated"]
+    ``text_fits`` (a tokenisation) runs only for rewards that use text and override it, once per distinct
+    caption (a bounded cache: datasets repeat captions)."""
+
+    _CACHE = 1 << 16
+
+    def __init__(self, reward: Reward):
+        from .store import STATUS
+
+        self.reward = reward
+        self.checks = bool(reward.uses_text) and type(reward).text_fits is not Reward.text_fits
+        self.codes = (STATUS["scored"], STATUS["short_caption"], STATUS["truncated"])
+        self.cache: dict[str, bool] = {}
+
+    def fits(self, caption: str) -> bool:
+        ok = self.cache.get(caption)
+        if ok is None:
+            ok = bool(self.reward.text_fits(caption))
+            if len(self.cache) >= self._CACHE:
+                self.cache.clear()
+            self.cache[caption] = ok
+        return ok
+
+    def pick(self, captions: Sequence[str], shorts: Sequence[str | None], members) -> tuple[list[str], np.ndarray]:
+        scored, short_code, truncated = self.codes
+        if not self.checks:
+            return [captions[i] for i in members], np.full(len(members), scored, np.uint8)
+        prompts, codes = [], np.empty(len(members), np.uint8)
+        for j, i in enumerate(members):
+            cap = captions[i]
+            if self.fits(cap):
+                prompts.append(cap)
+                codes[j] = scored
+            elif shorts[i]:
+                prompts.append(shorts[i])
+                codes[j] = short_code
+            else:
+                prompts.append(cap)
+                codes[j] = truncated
+        return prompts, codes
+
+
+def _pick_prompt(reward: Reward, caption: str, short: str | None) -> tuple[str, int]:
+    """The prompt and done code of one sample (see :class:`_PromptPicker`, which the pipeline uses)."""
+    prompts, codes = _PromptPicker(reward).pick([caption], [short], [0])
+    return prompts[0], int(codes[0])
 
 
 def _score_group(reward: Reward, images: torch.Tensor, prompts: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -251,7 +317,7 @@ def _score_group(reward: Reward, images: torch.Tensor, prompts: list[str]) -> tu
     def run(imgs, ps):
         with torch.inference_mode():
             out = reward.score(imgs, ps)
-        out = torch.as_tensor(out).detach().float().reshape(-1).cpu().numpy()
+        out = torch.as_tensor(out).detach().reshape(-1).to("cpu", torch.float32).numpy()
         if out.shape[0] != len(ps):
             raise ValueError(f"reward returned {out.shape[0]} scores for {len(ps)} samples")
         return out
@@ -270,10 +336,12 @@ def _score_group(reward: Reward, images: torch.Tensor, prompts: list[str]) -> tu
                 values[i] = run(images[i : i + 1], prompts[i : i + 1])[0]
             except Exception as exc:  # noqa: BLE001
                 reasons[i] = f"reward raised {type(exc).__name__}: {exc}"
-    for i, v in enumerate(values):
-        if not reasons[i] and not np.isfinite(v):
-            reasons[i] = f"non-finite score ({v})"
-    return values.astype(np.float32), reasons
+    bad = ~np.isfinite(values)
+    if bad.any():
+        for i in np.flatnonzero(bad).tolist():
+            if not reasons[i]:
+                reasons[i] = f"non-finite score ({values[i]})"
+    return values.astype(np.float32, copy=False), reasons
 
 
 class _ChunkBuffer:
@@ -283,7 +351,7 @@ class _ChunkBuffer:
         n = end - start
         self.start, self.end = start, end
         self.values = {r: np.full(n, np.nan, np.float32) for r in rewards}
-        self.reasons = {r: [""] * n for r in rewards}
+        self.reasons: dict[str, dict[int, str]] = {r: {} for r in rewards}  # failures only
         self.status = {r: np.zeros(n, np.uint8) for r in rewards}
         self.pending = pending  # reward -> bool[n] pending before this run
         self.remaining = int(np.logical_or.reduce([p for p in pending.values()]).sum())
@@ -292,18 +360,132 @@ class _ChunkBuffer:
         from .store import STATUS
 
         n = self.end - self.start
+        sl = slice(self.start, self.end)
         for r, pend in self.pending.items():
             if not pend.any():
                 continue
-            sl = slice(self.start, self.end)
-            old_status = np.asarray(store._arr(f"done/{r}")[sl], np.uint8)
-            old_values = np.asarray(store._arr(f"scores/{r}")[sl], np.float32)
-            old_reasons = [str(x) for x in np.asarray(store._arr(f"failures/{r}")[sl]).tolist()]
-            values = np.where(pend, self.values[r], old_values).astype(np.float32)
-            status = np.where(pend, self.status[r], old_status).astype(np.uint8)
-            reasons = [self.reasons[r][i] if pend[i] else old_reasons[i] for i in range(n)]
-            values[status == STATUS["failed"]] = np.nan
+            status, values = self.status[r], self.values[r]
+            reasons = [""] * n
+            for k, why in self.reasons[r].items():
+                reasons[k] = why
+            if not pend.all():  # keep what earlier runs wrote for the rows that were not pending
+                keep = ~pend
+                old_status = np.asarray(store._arr(f"done/{r}")[sl], np.uint8)
+                old_values = np.asarray(store._arr(f"scores/{r}")[sl], np.float32)
+                old_reasons = np.asarray(store._arr(f"failures/{r}")[sl]).tolist()
+                values = np.where(pend, values, old_values).astype(np.float32)
+                status = np.where(pend, status, old_status).astype(np.uint8)
+                for k in np.flatnonzero(keep).tolist():
+                    reasons[k] = str(old_reasons[k])
+            values = np.where(status == STATUS["failed"], np.float32("nan"), values).astype(np.float32)
             store.write_scores(r, self.start, values, reasons=reasons, status=status)
+
+
+class _Scorer:
+    """The main-process side of a job: scores each decoded batch with every reward, buffers per chunk,
+    writes whole chunks. Vectorised per batch; per-sample Python work only where a reward needs it
+    (``text_fits``) and for failures."""
+
+    def __init__(self, store, rewards: Mapping[str, Reward], buffers: dict[int, _ChunkBuffer], device):
+        from .store import STATUS
+
+        self.store = store
+        self.rewards = rewards
+        self.buffers = buffers
+        self.c_rows = store.chunk_rows
+        self.dev = torch.device(device)
+        self.non_blocking = self.dev.type == "cuda"
+        self.pickers = {name: _PromptPicker(r) for name, r in rewards.items()}
+        self.stats = {r: {"scored": 0, "failed": 0, "truncated": 0, "short_caption": 0} for r in rewards}
+        self.successes = dict.fromkeys(rewards, 0)
+        self.failed = STATUS["failed"]
+        self.st_trunc, self.st_short = STATUS["truncated"], STATUS["short_caption"]
+
+    def _views(self, rows: np.ndarray):
+        """``[(buffer, batch positions, local rows)]`` of the chunks the batch touches (usually one)."""
+        chunks = rows // self.c_rows
+        first, last = int(chunks[0]), int(chunks[-1])
+        if first == last and (chunks.shape[0] < 3 or bool((chunks == first).all())):
+            b = self.buffers[first]
+            return [(b, slice(None), rows - b.start)]
+        out = []
+        for c in np.unique(chunks).tolist():
+            pos = np.flatnonzero(chunks == c)
+            b = self.buffers[c]
+            out.append((b, pos, rows[pos] - b.start))
+        return out
+
+    def add(self, batch: Mapping[str, Any]) -> int:
+        rows = batch["rows"]
+        n = rows.shape[0]
+        views = self._views(rows)
+        errors: dict[int, str] = batch["errors"]
+        for name, reward in self.rewards.items():
+            todo = np.zeros(n, bool)
+            for b, pos, local in views:
+                todo[pos] = b.pending[name][local]
+            if not todo.any():
+                continue
+            vals = np.full(n, np.nan, np.float32)
+            codes = np.zeros(n, np.uint8)
+            why: dict[int, str] = {}
+            for i, reason in errors.items():
+                if todo[i]:
+                    codes[i] = self.failed
+                    why[i] = reason
+            st = self.stats[name]
+            for idx, imgs in batch["groups"]:
+                sel = todo[idx]
+                if not sel.any():
+                    continue
+                members = idx if sel.all() else idx[sel]
+                group_imgs = imgs if members is idx else imgs[torch.from_numpy(np.flatnonzero(sel))]
+                prompts, pcodes = self.pickers[name].pick(batch["captions"], batch["short_captions"], members)
+                values, reasons = _score_group(reward, group_imgs.to(self.dev, non_blocking=self.non_blocking), prompts)
+                failed = [j for j, r in enumerate(reasons) if r]
+                ok_count = len(members) - len(failed)
+                if ok_count == 0 and self.successes[name] == 0 and len(members) > 1:
+                    raise MiroError(
+                        f"Reward {name!r} failed on every sample of its first batch ({reasons[0]}); "
+                        "it looks broken rather than the data. Fix the reward or its options and rerun "
+                        "(nothing was marked as scored)."
+                    )
+                self.successes[name] += ok_count
+                vals[members] = values
+                if failed:
+                    pcodes = pcodes.copy()
+                    pcodes[failed] = self.failed
+                    for j in failed:
+                        why[int(members[j])] = reasons[j]
+                codes[members] = pcodes
+            st["failed"] += int((codes[todo] == self.failed).sum())
+            ok = todo & (codes != self.failed)
+            st["scored"] += int(ok.sum())
+            st["truncated"] += int((codes[ok] == self.st_trunc).sum())
+            st["short_caption"] += int((codes[ok] == self.st_short).sum())
+            for b, pos, local in views:
+                t = todo[pos]
+                if t.all():
+                    b.values[name][local] = vals[pos]
+                    b.status[name][local] = codes[pos]
+                else:
+                    b.values[name][local[t]] = vals[pos][t]
+                    b.status[name][local[t]] = codes[pos][t]
+            for i, reason in why.items():
+                row = int(rows[i])
+                c = row // self.c_rows
+                self.buffers[c].reasons[name][row - self.buffers[c].start] = reason
+        for b, pos, _ in views:
+            b.remaining -= n if isinstance(pos, slice) else len(pos)
+            if b.remaining <= 0:
+                b.flush(self.store)
+                del self.buffers[b.start // self.c_rows]
+        return n
+
+    def flush_all(self) -> None:
+        for c in sorted(self.buffers):  # rows absent from this source stay pending
+            self.buffers[c].flush(self.store)
+        self.buffers.clear()
 
 
 def score_dataset(
@@ -313,7 +495,7 @@ def score_dataset(
     *,
     batch_size: int = 32,
     device: str = "cpu",
-    workers: int = 0,
+    workers: int | None = None,
     limit: int | None = None,
     rank: int | None = None,
     world_size: int | None = None,
@@ -324,8 +506,9 @@ def score_dataset(
     """Score ``source`` with ``rewards`` into the store at ``store_url``; return a summary dict.
 
     ``rewards``: names, or ``{name: options}``. ``rank`` / ``world_size`` default to the torchrun
-    environment (``RANK`` / ``WORLD_SIZE``). ``chunk_rows`` applies to a newly created store. Resumable:
-    rows already scored (or recorded as failed) for a reward are skipped.
+    environment (``RANK`` / ``WORLD_SIZE``). ``workers``: decode processes per rank, ``None`` = automatic
+    (:func:`auto_workers`). ``chunk_rows`` applies to a newly created store. Resumable: rows already
+    scored (or recorded as failed) for a reward are skipped.
     """
     from ._plugins import registry
     from .data import resolve_data
@@ -337,6 +520,10 @@ def score_dataset(
         source = resolve_data(source)
     if batch_size < 1:
         raise MiroError(f"batch_size must be >= 1, got {batch_size}.")
+    if workers is None:
+        workers = auto_workers(device)
+    if workers < 0:
+        raise MiroError(f"workers must be >= 0 (or None for automatic), got {workers}.")
     specs = _normalise_rewards(rewards)
     reg = registry("rewards")
     objs: dict[str, Reward] = {name: reg.create(name, opts) for name, opts in specs.items()}
@@ -362,105 +549,59 @@ def score_dataset(
             if err is not None:
                 raise err
             raise MiroError("Rank 0 failed to prepare the reward store; see its error message.")
-        store = RewardStore.open(store_url, "a")
+        store = RewardStore.open(store_url, "a")  # one handle for the whole job (arrays are re-read per access)
         n_chunks = store.num_chunks()
-        my_chunks = [c for c in range(n_chunks) if c % dist.world_size == dist.rank]
         statuses = {r: store.status(r) for r in objs}
         buffers: dict[int, _ChunkBuffer] = {}
-        wanted: set[int] = set()
-        for c in my_chunks:
+        wanted = np.zeros(store.num_rows, bool)
+        for c in range(dist.rank, n_chunks, dist.world_size):
             s, e = store.chunk_bounds(c)
             pend = {r: statuses[r][s:e] == STATUS["pending"] for r in objs}
             buf = _ChunkBuffer(s, e, list(objs), pend)
             if buf.remaining:
                 buffers[c] = buf
-                any_pend = np.logical_or.reduce(list(pend.values()))
-                wanted.update((s + np.flatnonzero(any_pend)).tolist())
-        log.info("rank %d: %d rows pending in %d chunks", dist.rank, len(wanted), len(buffers))
+                wanted[s:e] = np.logical_or.reduce(list(pend.values()))
+        n_wanted = int(wanted.sum())
+        log.info("rank %d: %d rows pending in %d chunks, %d decode workers", dist.rank, n_wanted, len(buffers), workers)
 
-        stats = {r: {"scored": 0, "failed": 0, "truncated": 0, "short_caption": 0} for r in objs}
+        scorer = _Scorer(store, objs, buffers, device)
         processed = 0
         ok, err = True, None
         try:
-            successes = dict.fromkeys(objs, 0)
-            if wanted:
-                for r in objs.values():
-                    r.setup(device)
+            if n_wanted:
                 dataset = DecodedBatches(source, store.id_index(), wanted, batch_size, limit)
                 loader = torch.utils.data.DataLoader(
                     dataset, batch_size=None, num_workers=workers, collate_fn=_identity,
                     prefetch_factor=4 if workers > 0 else None, persistent_workers=False,
+                    pin_memory=scorer.dev.type == "cuda",
                 )
-                bar = None
-                if progress and dist.rank == 0:
-                    from tqdm.auto import tqdm
-
-                    bar = tqdm(total=len(wanted) * max(dist.world_size, 1), desc="scoring", unit="img", dynamic_ncols=True)
-                c_rows = store.chunk_rows
-                dev = torch.device(device)
+                # start the workers first: they decode the first batches while the rewards load
+                batches = iter(loader)
+                bar, ready = None, []
                 try:
-                    for batch in loader:
-                        rows = batch["rows"]
-                        for name, reward in objs.items():
-                            bufs = [buffers[row // c_rows] for row in rows]
-                            local = [row - b.start for row, b in zip(rows, bufs)]
-                            todo = [i for i, (b, k) in enumerate(zip(bufs, local)) if b.pending[name][k]]
-                            todo_set = set(todo)
-                            for i in todo:
-                                if batch["errors"][i] is not None:
-                                    b, k = bufs[i], local[i]
-                                    b.status[name][k] = STATUS["failed"]
-                                    b.reasons[name][k] = batch["errors"][i]
-                                    stats[name]["failed"] += 1
-                            for idx, imgs in batch["groups"]:
-                                sel = [j for j, i in enumerate(idx) if i in todo_set]
-                                if not sel:
-                                    continue
-                                members = [idx[j] for j in sel]
-                                picked = [_pick_prompt(reward, batch["captions"][i], batch["short_captions"][i]) for i in members]
-                                group_imgs = imgs[sel] if len(sel) != len(idx) else imgs
-                                values, reasons = _score_group(reward, group_imgs.to(dev), [p for p, _ in picked])
-                                ok_count = sum(1 for x in reasons if not x)
-                                if ok_count == 0 and successes[name] == 0 and len(members) > 1:
-                                    raise MiroError(
-                                        f"Reward {name!r} failed on every sample of its first batch ({reasons[0]}); "
-                                        "it looks broken rather than the data. Fix the reward or its options and rerun "
-                                        "(nothing was marked as scored)."
-                                    )
-                                successes[name] += ok_count
-                                for i, v, why, (_, code) in zip(members, values, reasons, picked):
-                                    b, k = bufs[i], local[i]
-                                    b.values[name][k] = v
-                                    b.reasons[name][k] = why
-                                    if why:
-                                        b.status[name][k] = STATUS["failed"]
-                                        stats[name]["failed"] += 1
-                                    else:
-                                        b.status[name][k] = code
-                                        stats[name]["scored"] += 1
-                                        if code == STATUS["truncated"]:
-                                            stats[name]["truncated"] += 1
-                                        elif code == STATUS["short_caption"]:
-                                            stats[name]["short_caption"] += 1
-                        for row in rows:
-                            c = row // c_rows
-                            b = buffers[c]
-                            b.remaining -= 1
-                            if b.remaining == 0:
-                                b.flush(store)
-                                del buffers[c]
-                        processed += len(rows)
+                    for r in objs.values():
+                        r.setup(device)
+                        ready.append(r)
+                    if progress and dist.rank == 0:
+                        from tqdm.auto import tqdm
+
+                        bar = tqdm(total=n_wanted * max(dist.world_size, 1), desc="scoring", unit="img", dynamic_ncols=True)
+                    for batch in batches:
+                        n = scorer.add(batch)
+                        processed += n
                         if bar is not None:
-                            bar.update(len(rows) * max(dist.world_size, 1))
-                    for c in sorted(buffers):  # rows absent from this source stay pending
-                        buffers[c].flush(store)
-                    buffers.clear()
+                            bar.update(n * max(dist.world_size, 1))
+                    scorer.flush_all()
                 finally:
+                    shutdown = getattr(batches, "_shutdown_workers", None)
+                    if shutdown is not None:  # now, not when an exception's traceback lets go of the iterator
+                        shutdown()
+                    del batches
                     if bar is not None:
                         bar.close()
-                    for r in objs.values():
+                    for r in ready:
                         r.teardown()
-            for name, st in stats.items():
+            for name, st in scorer.stats.items():
                 if st["truncated"]:
                     log.warning(
                         "reward %s: %d captions exceed its text limit and have no short caption; they were scored "
@@ -474,21 +615,20 @@ def score_dataset(
         if not all_ok:
             raise MiroError("Another rank of this scoring job failed; see its error. Rerun to resume.")
         processed_total = dist.sum(processed)
-        store = RewardStore.open(store_url, "a")
         if dist.rank == 0 and all_ok:
             for name in objs:
                 store.finalize_reward(name)
         dist.agree(True)
-        final = RewardStore.open(store_url, "r")
         return {
             "store": store_url,
             "rank": dist.rank,
             "world_size": dist.world_size,
-            "num_rows": final.num_rows,
+            "num_rows": store.num_rows,
             "rows_processed": processed_total,
             "rows_processed_this_rank": processed,
-            "this_run": stats,
-            "rewards": {r: final.reward_counts(r) for r in objs},
+            "workers": workers,
+            "this_run": scorer.stats,
+            "rewards": {r: store.reward_counts(r) for r in objs},
             "seconds": time.perf_counter() - t0,
         }
     finally:

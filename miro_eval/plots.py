@@ -82,7 +82,7 @@ def plot_radar(metrics_by_model: Mapping[str, Mapping[str, float]], metrics: Seq
             ax.plot(angles + angles[:1], v + v[:1], color=color, label=model)
             ax.fill(angles + angles[:1], v + v[:1], color=color, alpha=0.15)
         ax.set_xticks(angles)
-        ax.set_xticklabels([m.replace("/mean", "") for m in metrics], fontsize=6)
+        ax.set_xticklabels([f"{m.replace('/mean', '')}\n[{lo[i]:.3g}, {hi[i]:.3g}]" for i, m in enumerate(metrics)], fontsize=6)
         ax.set_yticklabels([])
         ax.set_ylim(0, 1)
         ax.set_title(f"{reference} vs {other}", fontsize=8)

@@ -42,7 +42,7 @@ from torch import nn
 
 from miro_core import MiroError, config, structure, unstructure
 
-from .captions import CORRUPTIONS, NUMBER_WORDS, corrupt, drop_colors, phrase, plural, short_phrase, spec_from_scene
+from .captions import NUMBER_WORDS, corrupt, drop_colors, phrase, plural, short_phrase, spec_from_scene
 from .degrade import apply_degradations, sample_degradations
 from .scene import COLORS, SHAPES, render, sample_scene, scene_rng
 
@@ -273,7 +273,6 @@ def evaluate_alignment(model: AlignmentModel, cfg: AlignmentTrainConfig | None =
         wins[k].append(pos[o].item() > s)
     out = {f"acc_{k}": float(np.mean(v)) for k, v in wins.items() if v}
     out["acc_all"] = float(np.mean([w for v in wins.values() for w in v]))
-    # retrieval: is the true caption the best among all held-out true captions (exact duplicates excluded)?
     return out
 
 

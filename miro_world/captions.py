@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from .scene import COLORS, RELATIONS, SHAPES, Scene
+from .scene import COLORS, SHAPES, Scene
 
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
 _PREFIXES = ("a photo of ", "", "an image of ", "a picture of ", "a photo of ")
@@ -200,6 +200,3 @@ def drop_colors(spec: CaptionSpec) -> CaptionSpec:
         counts[g.shape] = counts.get(g.shape, 0) + g.count
     return CaptionSpec(tuple(Group(min(n, 4), None, s) for s, n in counts.items()))
 
-
-# keep the relation vocabulary visible to tokenizers
-ALL_RELATION_WORDS = sorted({w for v in _REL_PHRASES.values() for p in v for w in p.split()} | set(" ".join(RELATIONS).split()))

@@ -86,7 +86,7 @@ class Scene:
     objects: tuple[WorldObject, ...]
     background: tuple[float, float, float]
     relation: tuple[str, int, int] | None = None
-    #: True when the background is a saturated colour ("vivid backdrop" style) rather than dark grey.
+    #: colour name of a saturated backdrop ("vivid backdrop" style), None for the usual dark grey.
     backdrop: str | None = None
 
     def as_dict(self) -> dict[str, Any]:

@@ -41,6 +41,13 @@ def parse_reward_options(rewards: list[str], items: list[str]) -> dict[str, dict
     return out
 
 
+def _int_or_none(text) -> int | None:
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        return None
+
+
 class ScoreCommand(Command):
     """Score a dataset with reward models into a reward store (resumable)."""
 
@@ -54,7 +61,7 @@ class ScoreCommand(Command):
         parser.add_argument("--limit", type=int, default=None, help="only the first N samples of the data")
         parser.add_argument("--batch-size", type=int, default=32)
         parser.add_argument("--device", default="cpu")
-        parser.add_argument("--workers", type=int, default=0, help="image decoding worker processes")
+        parser.add_argument("--workers", default="auto", help="image decoding processes per rank (auto: see docs)")
         parser.add_argument("--chunk-rows", type=int, default=None, help="rows per store chunk (new stores only)")
         parser.add_argument("--reward-option", action="append", default=[], metavar="REWARD.KEY=VALUE",
                             help="option of one reward (repeatable)")
@@ -77,12 +84,14 @@ class ScoreCommand(Command):
         for name, value in (("--limit", args.limit), ("--batch-size", args.batch_size), ("--chunk-rows", args.chunk_rows)):
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value}.")
-        if args.workers < 0:
-            raise ConfigError(f"--workers must be >= 0, got {args.workers}.")
+        auto = str(args.workers).strip().lower() == "auto"
+        workers = None if auto else _int_or_none(args.workers)
+        if not auto and (workers is None or workers < 0):
+            raise ConfigError(f"--workers must be 'auto' or an integer >= 0, got {args.workers!r}.")
         source = resolve_data(args.data)
         extra = {"chunk_rows": args.chunk_rows} if args.chunk_rows else {}
         summary = score_dataset(
-            source, options, args.store, batch_size=args.batch_size, device=args.device, workers=args.workers,
+            source, options, args.store, batch_size=args.batch_size, device=args.device, workers=workers,
             limit=args.limit, progress=not args.no_progress, data_spec=args.data, **extra,
         )
         if args.json:

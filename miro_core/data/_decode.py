@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["to_tensor", "ImageDecodeError"]
+__all__ = ["to_tensor", "ImageDecodeError", "decode_raw", "stack_images", "image_size"]
 
 import io
 import os
@@ -18,7 +18,8 @@ class ImageDecodeError(MiroError, ValueError):
     """An image could not be read or decoded (the scoring pipeline records it as a per-sample failure)."""
 
 
-def _from_pil(img) -> torch.Tensor:
+def _pil_u8(img) -> np.ndarray:
+    """A PIL image (any mode) -> uint8 ``[H, W, 3]`` RGB; alpha is composited on white."""
     from PIL import Image
 
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -26,31 +27,36 @@ def _from_pil(img) -> torch.Tensor:
         rgba = img.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(bg, rgba)
-    img = img.convert("RGB")
-    arr = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8)  # one copy (tobytes); read-only
 
 
-def _decode_bytes(data: bytes, what: str) -> torch.Tensor:
+def _decode_bytes(data: bytes, what: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            return _from_pil(img)
+            return _pil_u8(img)
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(f"Cannot decode image {what}: not a recognised image format") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageDecodeError(f"Cannot decode image {what}: {type(exc).__name__}: {exc}") from exc
 
 
-def to_tensor(image: Any) -> torch.Tensor:
-    """Decode ``image`` to a float32 tensor ``[3, H, W]`` in [0, 1] (RGB).
+def _u8_to_float(arr: np.ndarray) -> torch.Tensor:
+    if not arr.flags.writeable or not arr.flags.c_contiguous:
+        arr = np.array(arr, copy=True, order="C")
+    return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
 
-    Accepts encoded bytes (PNG/JPEG/WebP/...), a local path or fsspec URL (``str`` / ``os.PathLike``), a PIL
-    image (any mode; alpha is composited on white), a uint8 ``HWC`` / ``HW`` numpy array, or a float ``CHW``
-    tensor/array in [0, 1]. Raises :class:`ImageDecodeError` for anything unreadable.
-    """
+
+def decode_raw(image: Any) -> np.ndarray | torch.Tensor:
+    """Decode ``image`` without the float conversion: uint8 ``[H, W, 3]`` RGB array for encoded bytes, paths,
+    PIL images and uint8 arrays; float32 ``[3, H, W]`` tensor in [0, 1] for float inputs.
+
+    ``to_tensor(x)`` equals ``stack_images([decode_raw(x)])[0]``; the scoring workers decode with this and
+    convert a whole same-size group to float at once (:func:`stack_images`)."""
     if isinstance(image, (bytes, bytearray, memoryview)):
         return _decode_bytes(bytes(image), f"({len(image)} bytes)")
     if isinstance(image, (str, os.PathLike)):
@@ -71,7 +77,7 @@ def to_tensor(image: Any) -> torch.Tensor:
         from PIL import Image
 
         if isinstance(image, Image.Image):
-            return _from_pil(image)
+            return _pil_u8(image)
     except ImportError:  # pragma: no cover - pillow is a dependency
         pass
     if isinstance(image, np.ndarray):
@@ -82,8 +88,7 @@ def to_tensor(image: Any) -> torch.Tensor:
                 raise ImageDecodeError(f"uint8 image arrays must be HWC with 1, 3 or 4 channels, got shape {image.shape}.")
             if image.shape[2] == 1:
                 image = np.repeat(image, 3, axis=2)
-            t = torch.from_numpy(np.ascontiguousarray(image[..., :3])).permute(2, 0, 1).float().div_(255.0)
-            return t
+            return image[..., :3]
         image = torch.from_numpy(np.asarray(image, dtype=np.float32))
     if isinstance(image, torch.Tensor):
         t = image.detach().to("cpu", torch.float32)
@@ -100,3 +105,35 @@ def to_tensor(image: Any) -> torch.Tensor:
         f"Unsupported image type {type(image).__name__}; pass bytes, a path, a PIL image, a uint8 HWC array or "
         "a float CHW tensor in [0, 1]."
     )
+
+
+def image_size(raw: np.ndarray | torch.Tensor) -> tuple[int, int]:
+    """``(H, W)`` of a :func:`decode_raw` result."""
+    return (int(raw.shape[0]), int(raw.shape[1])) if isinstance(raw, np.ndarray) else (int(raw.shape[1]), int(raw.shape[2]))
+
+
+def stack_images(raws: list[np.ndarray | torch.Tensor]) -> torch.Tensor:
+    """Same-size :func:`decode_raw` results -> one contiguous float32 ``[B, 3, H, W]`` batch in [0, 1].
+
+    uint8 images are stacked as uint8 and converted in one operation (bit-identical to :func:`to_tensor`)."""
+    h, w = image_size(raws[0])
+    if all(isinstance(r, np.ndarray) for r in raws):
+        u8 = np.empty((len(raws), 3, h, w), np.uint8)  # HWC -> CHW while still 1 byte per value
+        for i, r in enumerate(raws):
+            u8[i] = r.transpose(2, 0, 1)
+        return torch.from_numpy(u8).float().div_(255.0)
+    out = torch.empty((len(raws), 3, h, w), dtype=torch.float32)
+    for i, r in enumerate(raws):
+        out[i] = _u8_to_float(r) if isinstance(r, np.ndarray) else r
+    return out
+
+
+def to_tensor(image: Any) -> torch.Tensor:
+    """Decode ``image`` to a float32 tensor ``[3, H, W]`` in [0, 1] (RGB).
+
+    Accepts encoded bytes (PNG/JPEG/WebP/...), a local path or fsspec URL (``str`` / ``os.PathLike``), a PIL
+    image (any mode; alpha is composited on white), a uint8 ``HWC`` / ``HW`` numpy array, or a float ``CHW``
+    tensor/array in [0, 1]. Raises :class:`ImageDecodeError` for anything unreadable.
+    """
+    raw = decode_raw(image)
+    return _u8_to_float(raw) if isinstance(raw, np.ndarray) else raw

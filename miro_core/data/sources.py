@@ -60,16 +60,24 @@ class ImageFolderSource(DataSource):
             raise MiroError(f"image_folder root {config.root!r} is not a directory; pass an existing folder of images.")
         self._exts = {"." + e.strip().lower().lstrip(".") for e in config.extensions.split(",") if e.strip()}
         self._files: list[str] | None = None
+        self._texts: set[str] = set()
 
     def files(self) -> list[str]:
         if self._files is None:
-            found = []
+            found, texts = [], set()
+            exts = tuple(self._exts)
             for dirpath, dirnames, filenames in os.walk(self.root):
                 dirnames.sort()
+                rel_dir = os.path.relpath(dirpath, self.root)
+                prefix = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
                 for fn in filenames:
-                    if os.path.splitext(fn)[1].lower() in self._exts:
-                        found.append(os.path.relpath(os.path.join(dirpath, fn), self.root))
-            self._files = sorted(p.replace(os.sep, "/") for p in found)
+                    low = fn.lower()
+                    if low.endswith(exts) and os.path.splitext(fn)[1].lower() in self._exts:
+                        found.append(prefix + fn)
+                    if low.endswith(".txt"):
+                        texts.add(prefix + fn)
+            self._files = sorted(found)
+            self._texts = texts
             ids = [os.path.splitext(p)[0] for p in self._files]
             if len(set(ids)) != len(ids):
                 dup = sorted({i for i in ids if ids.count(i) > 1})[:3]
@@ -83,14 +91,14 @@ class ImageFolderSource(DataSource):
         return len(self.files())
 
     def _sample(self, rel: str) -> Sample:
-        path = os.path.join(self.root, rel)
-        stem = os.path.splitext(path)[0]
-        caption = _read_text_file(stem + ".txt")
-        short = _read_text_file(stem + ".short.txt")
+        stem = os.path.splitext(rel)[0]
+        texts = self._texts  # caption files seen by the listing: no failing open() per missing short caption
+        caption = _read_text_file(os.path.join(self.root, stem + ".txt")) if stem + ".txt" in texts else None
+        short = _read_text_file(os.path.join(self.root, stem + ".short.txt")) if stem + ".short.txt" in texts else None
         return Sample(
-            id=os.path.splitext(rel)[0],
+            id=stem,
             caption=caption if caption is not None else "",
-            image=path,
+            image=os.path.join(self.root, rel),
             short_caption=short,
             meta={} if caption is not None else {"missing_caption": True},
         )
