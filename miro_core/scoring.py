@@ -9,8 +9,9 @@ Design (documented in ``docs/scoring.md``):
 * All rewards of one job are set up once and each decoded batch goes through all of them (images are decoded
   once). To keep one heavy model in memory at a time, run ``miro score`` once per reward: each run scores
   only the rewards that are missing.
-* Images are decoded in ``workers`` DataLoader worker processes (``0``: in the main process); batches are
-  grouped by image size, since rewards take ``[B, 3, H, W]``.
+* Images are decoded and collated in ``workers`` DataLoader worker processes (``None``: :func:`auto_workers`;
+  ``0``: in the main process), a whole batch per worker, grouped by image size since rewards take
+  ``[B, 3, H, W]``; the main process only runs the rewards (vectorised bookkeeping) and writes chunks.
 * Results are buffered per store chunk and written when the chunk's pending rows are all scored: scores and
   failure reasons first, the done codes last, whole chunks only. Under ``torchrun`` rank ``r`` owns the chunks
   ``c`` with ``c % world_size == r``, so writers never share a chunk.

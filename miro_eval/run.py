@@ -500,7 +500,8 @@ class MiroRun:
     def _curve_key(self) -> dict[str, Any]:
         e = self.cfg.eval
         return {"every": e.eval_every, "n": e.curve_prompts, "steps": e.curve_num_steps, "geneval": e.curve_geneval,
-                "rewards": self.eval_reward_names, "scale": e.guidance_scale, "seed": e.seed}
+                "rewards": self.eval_reward_names, "scale": e.guidance_scale, "seed": e.seed, "guidance": e.guidance,
+                "baseline_text_cfg": e.baseline_text_cfg, "solver": e.solver}
 
     def _curve_eval_fn(self):
         ev = self._reward_evaluator()

@@ -91,6 +91,8 @@ def test_other_user_errors_exit_2(folder, tmp_path, capsys):
           "--reward-option", "redness.x=1"], "not in --rewards"),
         (["score", "--data", str(folder), "--rewards", "brightness", "--store", str(tmp_path / "s"),
           "--reward-option", "brightness.bogus=1"], "unknown key"),
+        (["score", "--data", str(folder), "--rewards", "brightness", "--store", str(tmp_path / "s"),
+          "--workers", "lots"], "'auto' or an integer"),
         (["store", "info", str(tmp_path / "missing")], "No reward store"),
         (["bin", "--store", str(tmp_path / "missing"), "--binner", "equal_width_test"], "No reward store"),
         (["bin", "--store", str(tmp_path / "missing"), "--binner", "quantil"], "Unknown binner"),

@@ -57,6 +57,20 @@ def test_to_tensor_all_inputs(tmp_path):
     assert out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 1
 
 
+def test_stack_images_equals_to_tensor():
+    """The workers' batch path (decode to uint8, convert the whole group) is bit-identical to to_tensor."""
+    from miro_core.data._decode import decode_raw, stack_images
+
+    arr = helpers.make_images(3, size=12)
+    rgba = np.concatenate([arr[1], np.full((12, 12, 1), 100, np.uint8)], axis=2)
+    inputs = [_encoded(arr[0], "PNG"), Image.fromarray(arr[1]).convert("P"), arr[2], Image.fromarray(rgba, "RGBA"),
+              arr[0][..., 0], torch.from_numpy(arr[1]).permute(2, 0, 1).float() / 255]
+    for group in (inputs[:5], inputs):  # all uint8, and mixed with a float tensor
+        got = stack_images([decode_raw(x) for x in group])
+        assert got.dtype == torch.float32 and got.is_contiguous() and got.shape == (len(group), 3, 12, 12)
+        assert torch.equal(got, torch.stack([to_tensor(x) for x in group]))
+
+
 def test_to_tensor_errors(tmp_path):
     with pytest.raises(ImageDecodeError, match="Cannot decode"):
         to_tensor(b"not an image at all")

@@ -138,7 +138,7 @@ def test_version_mismatch_is_refused(folder, tmp_path):
 def test_workers_and_memory_store_match(folder, tmp_path):
     a = str(tmp_path / "a")
     b = f"memory://scoring-{os.getpid()}/b"
-    score_dataset(str(folder), ["brightness", "redness"], a, batch_size=3, chunk_rows=4, progress=False)
+    score_dataset(str(folder), ["brightness", "redness"], a, batch_size=3, chunk_rows=4, workers=0, progress=False)
     score_dataset(str(folder), ["brightness", "redness"], b, batch_size=7, chunk_rows=6, workers=2, progress=False)
     sa, sb = RewardStore.open(a), RewardStore.open(b)
     assert sa.ids().tolist() == sb.ids().tolist()
@@ -158,3 +158,41 @@ def test_mixed_image_sizes(tmp_path):
     s = RewardStore.open(str(tmp_path / "s"))
     assert out["rewards"]["brightness"]["scored"] == 6
     np.testing.assert_allclose(s.scores("brightness"), [i / 10 for i in range(6)], rtol=1e-6)
+
+
+def test_worker_batches_in_source_order(folder, tmp_path):
+    """Two workers build alternate whole batches; the loader yields every wanted row once, in order."""
+    from miro_core.data import resolve_data
+    from miro_core.scoring import DecodedBatches, _identity
+
+    src = resolve_data(str(folder))
+    ids = [s.id for s in src]
+    index = {i: r for r, i in enumerate(ids)}
+    wanted = np.ones(len(ids), bool)
+    wanted[[2, 3, 11]] = False
+    ds = DecodedBatches(src, index, wanted, 4, None)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, collate_fn=_identity)
+    batches = list(loader)
+    rows = np.concatenate([b["rows"] for b in batches]).tolist()
+    assert rows == np.flatnonzero(wanted).tolist()
+    assert [len(b["rows"]) for b in batches] == [4] * 5
+    first = batches[0]
+    (idx, imgs), = first["groups"]
+    expected = torch.stack([to_tensor(str(folder / f"{ids[r]}.png")) for r in first["rows"]])
+    assert idx.tolist() == [0, 1, 2, 3] and imgs.is_contiguous() and torch.equal(imgs, expected)
+
+
+def test_auto_workers(monkeypatch, folder, tmp_path):
+    from miro_core.scoring import auto_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert auto_workers("cpu") == 2 and auto_workers("cuda") == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert auto_workers("cpu") == 1 and auto_workers("cuda") == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert auto_workers("cpu") == 0
+    with pytest.raises(MiroError, match="workers"):
+        score_dataset(str(folder), ["brightness"], str(tmp_path / "s"), workers=-1, progress=False)
+    assert not (tmp_path / "s").exists()
