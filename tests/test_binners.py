@@ -93,11 +93,12 @@ def test_quantile_equal_population_on_calibration_and_held_out():
 
 
 def test_quantile_ties_mid_rank_rule():
-    """Discrete scores: equal scores share one bin, placed at the middle of the bins their tie group spans."""
+    """Discrete scores: equal scores share one bin, placed at the middle of the bins their tie group spans,
+    except tie groups at the bottom / top of the data, which take bin 0 / the top bin."""
     rng = np.random.default_rng(2)
     b = 64
-    values = np.array([0.0, 1.0, 2.0, 5.0])
-    probs = np.array([0.5, 0.1, 0.3, 0.1])
+    values = np.array([0.0, 1.0, 2.0, 5.0, 6.0])
+    probs = np.array([0.3, 0.1, 0.2, 0.1, 0.3])
     x = rng.choice(values, p=probs, size=50_000)
     q = make("quantile", num_bins=b)
     state = roundtrip(q.fit(x))
@@ -109,14 +110,32 @@ def test_quantile_ties_mid_rank_rule():
         got = np.unique(bins[x == v])
         assert got.size == 1  # identical scores -> one bin
         lo, hi = np.sum(edges < v), np.sum(edges <= v)
-        assert got[0] == (lo + hi + 1) // 2
-        mid_level = (lo_p + hi_p) / 2  # mid-rank percentile of the tie group
-        assert abs((got[0] + 0.5) / b - mid_level) <= 1.0 / b
+        if lo == 0:  # the tie group holds the lowest scores: extremes stay extremes
+            assert got[0] == 0
+        elif hi == b - 1:  # ... the highest scores
+            assert got[0] == b - 1
+        else:
+            assert got[0] == (lo + hi + 1) // 2
+            mid_level = (lo_p + hi_p) / 2  # mid-rank percentile of the tie group
+            assert abs((got[0] + 0.5) / b - mid_level) <= 1.0 / b
     assert (np.diff(q.transform(np.sort(x), state).astype(int)) >= 0).all()
     # scores between the atoms still fall between their bins (monotone map), e.g. 1.5 and 3.0
-    between = q.transform(np.array([-1.0, 0.5, 1.5, 3.0, 9.0]), state)
+    between = q.transform(np.array([-1.0, 0.5, 1.5, 3.0, 5.5, 9.0]), state)
     atoms = q.transform(values, state)
-    assert between[0] <= atoms[0] <= between[1] <= atoms[1] <= between[2] <= atoms[2] <= between[3] <= atoms[3] <= between[4]
+    assert (between[0] <= atoms[0] <= between[1] <= atoms[1] <= between[2] <= atoms[2] <= between[3] <= atoms[3]
+            <= between[4] <= atoms[4] <= between[5])
+    assert atoms[0] == 0 and atoms[-1] == b - 1  # s- = 0 and s+ = 1 are levels the data has
+
+
+def test_saturated_reward_top_bin_holds_the_best_data():
+    """A reward that saturates at its maximum for most samples (e.g. a noise score of clean images)."""
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.normal(0.0, 1.0, 4000), np.full(6000, 3.0)])
+    for name in ("quantile", "refined_quantile"):
+        q = make(name, num_bins=16)
+        bins = q.transform(x, roundtrip(q.fit(x)))
+        assert (bins[x == 3.0] == 15).all()
+        assert (bins[x < 3.0] < 15).all()
 
 
 def test_quantile_ties_mixed_with_continuous():
@@ -129,7 +148,7 @@ def test_quantile_ties_mixed_with_continuous():
     cont = np.bincount(bins[x < 10], minlength=b)[:24]
     np.testing.assert_allclose(cont / x.size, 1 / b, rtol=0.02)
     spike = np.unique(bins[x == 10.0])
-    assert spike.size == 1 and spike[0] == 28  # spans bins 24..31 -> middle (24 + 32 + 1) // 2 = 28
+    assert spike.size == 1 and spike[0] == 31  # spans bins 24..31 and holds the maximum -> top bin
 
 
 def test_tiny_calibration_sets_spread_over_range():
@@ -284,11 +303,16 @@ def test_refined_factor_one_equals_quantile():
 
 
 def test_transform_tie_rule_matches_two_sided_searchsorted(monkeypatch):
-    """With repeated edges, every score gets (#edges < x + #edges <= x + 1) // 2 (the documented mid-rank rule)."""
+    """With repeated edges, every score gets (#edges < x + #edges <= x + 1) // 2 (the documented mid-rank rule),
+    except tie groups that reach the bottom / top edge (bin 0 / top bin)."""
     monkeypatch.setattr(_common, "_BLOCK", 777)
     rng = np.random.default_rng(11)
     for _ in range(5):
         edges = np.sort(rng.integers(0, 12, size=15).astype(np.float64))  # many repeats
         x = np.concatenate([rng.integers(-1, 13, size=3000).astype(np.float64), rng.uniform(-1, 13, size=3000)])
-        ref = (np.searchsorted(edges, x, "left") + np.searchsorted(edges, x, "right") + 1) // 2
+        lo, hi = np.searchsorted(edges, x, "left"), np.searchsorted(edges, x, "right")
+        ref = (lo + hi + 1) // 2
+        tied = hi - lo > 1  # x equals a repeated edge
+        ref[tied & (hi == edges.size) & (lo > 0)] = 15  # extremes stay extremes
+        ref[tied & (lo == 0) & (hi < edges.size)] = 0
         np.testing.assert_array_equal(_common.transform_edges(x, edges, 16), ref)

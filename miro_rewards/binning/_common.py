@@ -11,6 +11,9 @@ its bin with :func:`transform_edges`. The rules (DESIGN.md sections 1 and 4) are
   the same bin (the map stays a monotone function of the score), their level ``k/(B-1)`` is close to their
   mid-rank percentile, and the bins strictly inside a tie group stay empty: they cannot be filled without
   splitting identical scores. With distinct edges this reduces to the plain ``side="right"`` rule.
+* **Extremes stay extremes.** A tie group that includes the top edge (e.g. a reward that saturates at its
+  maximum for most clean images) goes to the top bin ``num_bins - 1``, and one that includes the bottom edge
+  goes to bin 0, so the default guidance targets s+ = 1 and s- = 0 are levels that training data actually has.
 * A constant column therefore lands in the middle bin ``num_bins // 2``; a calibration set with no finite
   value gives an empty edge list and every finite score lands in that middle bin.
 """
@@ -88,7 +91,15 @@ def transform_edges(scores: np.ndarray, edges: np.ndarray, num_bins: int) -> np.
     # Tie groups: values repeated in ``edges``, each with its mid-rank bin (lo + hi + 1) // 2.
     values, counts = np.unique(edges, return_counts=True) if edges.size else (edges, np.empty(0, dtype=int))
     tie_values = values[counts > 1]
-    tie_bins = (np.searchsorted(edges, tie_values, "left") + np.searchsorted(edges, tie_values, "right") + 1) // 2
+    lo = np.searchsorted(edges, tie_values, "left")
+    hi = np.searchsorted(edges, tie_values, "right")
+    tie_bins = (lo + hi + 1) // 2
+    # Extremes stay extremes: a tie group that reaches the top (bottom) edge is the best (worst) data, so it
+    # takes the top (bottom) bin; otherwise s+ = 1 (s- = 0) would be a level no training sample has.
+    top = (hi == edges.size) & (lo > 0)
+    bottom = (lo == 0) & (hi < edges.size)
+    tie_bins[top] = num_bins - 1
+    tie_bins[bottom] = 0
     for start in range(0, flat_in.size, _BLOCK):
         xb = flat_in[start : start + _BLOCK]
         if edges.size == 0:
