@@ -9,6 +9,7 @@ miro_plugins = [
     "miro_models.guidance.none",
     "miro_models.backbones.rin",
     "miro_models.backbones.dit",
+    "miro_models.backbones.unet",
     "miro_models.text_encoders.minilm",
     "miro_models.text_encoders.t5",
     "miro_models.text_encoders.clip",

@@ -31,6 +31,8 @@ from torch import nn
 
 from miro_core import MiroError
 
+from ._heads import PreferenceMLP
+
 VISION_PREFIX = "blip.visual_encoder."
 TEXT_PREFIX = "blip.text_encoder."
 MLP_PREFIX = "mlp.layers."
@@ -154,24 +156,7 @@ def convert_imagereward_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[
     return out
 
 
-class ImageRewardMLP(nn.Module):
-    """The reference head: Linear layers ``in-1024-128-64-16-1`` with dropout and *no* activations."""
-
-    def __init__(self, input_size: int = 768):
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Linear(input_size, 1024),
-            nn.Dropout(0.2),
-            nn.Linear(1024, 128),
-            nn.Dropout(0.2),
-            nn.Linear(128, 64),
-            nn.Dropout(0.1),
-            nn.Linear(64, 16),
-            nn.Linear(16, 1),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+ImageRewardMLP = PreferenceMLP  # the shared head (``_heads.py``); name kept for callers
 
 
 def build_vision_model(geom: VisionGeometry, num_heads: int | None = None):

@@ -21,30 +21,14 @@ from torch import nn
 
 from miro_core import ConfigError, MiroError, Reward, config, hookimpl
 
+from ._heads import PreferenceMLP
 from ._clip_common import ClipImageTransform, check_inputs, chunks, dist_version, l2_normalize, torch_dtype
 from ._weights import WeightSource, WeightsError, check_loading_info, check_model_config, locate, snapshot_revision
 
 log = logging.getLogger(__name__)
 
 
-class AestheticMLP(nn.Module):
-    """The LAION head; module names match the released state dict (``layers.0.weight`` ... ``layers.7.bias``)."""
-
-    def __init__(self, input_size: int = 768):
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Linear(input_size, 1024),
-            nn.Dropout(0.2),
-            nn.Linear(1024, 128),
-            nn.Dropout(0.2),
-            nn.Linear(128, 64),
-            nn.Dropout(0.1),
-            nn.Linear(64, 16),
-            nn.Linear(16, 1),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+AestheticMLP = PreferenceMLP  # the shared head (``_heads.py``); name kept for callers
 
 
 class AestheticScore(Reward):

@@ -15,6 +15,8 @@ from miro_models.backbones._layers import Attention, RMSNorm, patchify, timestep
 RIN_TINY = {"image_size": 16, "context_dim": 32, "interface_dim": 32, "latent_dim": 48, "num_latents": 8,
             "num_blocks": 2, "layers_per_block": 1, "heads": 4, "interface_heads": 2}
 DIT_TINY = {"image_size": 16, "context_dim": 32, "hidden_dim": 48, "depth": 2, "heads": 4}
+UNET_TINY = {"image_size": 16, "context_dim": 32, "patch_size": 1, "base_channels": 16, "channel_mult": (1, 2),
+             "num_res_blocks": 1, "attention_resolutions": (16, 8), "heads": 2, "num_groups": 4}
 
 
 _unzero = unzero_parameters
@@ -28,6 +30,16 @@ class TestRINContract(BackboneContract):
 class TestDiTContract(BackboneContract):
     backbone_name = "dit"
     options = DIT_TINY
+
+
+class TestUNetContract(BackboneContract):
+    backbone_name = "unet"
+    options = UNET_TINY
+
+
+class TestUNetPatchedContract(BackboneContract):
+    backbone_name = "unet"
+    options = {**UNET_TINY, "patch_size": 2, "attention_resolutions": (8,)}
 
 
 def _inputs(batch=3, shape=(3, 16, 16), ctx_len=6, ctx_dim=32, seed=0):
@@ -83,7 +95,7 @@ def test_timestep_features_distinguish_times():
 
 
 # -- shared behaviour ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name,opts", [("rin", RIN_TINY), ("dit", DIT_TINY)])
+@pytest.mark.parametrize("name,opts", [("rin", RIN_TINY), ("dit", DIT_TINY), ("unet", UNET_TINY)])
 def test_eval_deterministic_and_time_and_context_matter(name, opts):
     torch.manual_seed(0)
     extra = {"eval_self_cond": False} if name == "rin" else {}  # rin: no state carried between calls
@@ -99,7 +111,7 @@ def test_eval_deterministic_and_time_and_context_matter(name, opts):
         assert torch.isfinite(model(x, t, ctx, torch.zeros_like(mask))).all()
 
 
-@pytest.mark.parametrize("name,opts", [("rin", RIN_TINY), ("dit", DIT_TINY)])
+@pytest.mark.parametrize("name,opts", [("rin", RIN_TINY), ("dit", DIT_TINY), ("unet", UNET_TINY)])
 def test_padding_length_invariance(name, opts):
     """Appending masked padding to the context leaves the output unchanged."""
     torch.manual_seed(0)
@@ -176,6 +188,7 @@ def test_presets_build_configs():
 @pytest.mark.parametrize("name,opts", [
     ("rin", {**RIN_TINY, "image_size": 8, "self_cond_rate": 0.5}),
     ("dit", {**DIT_TINY, "image_size": 8}),
+    ("unet", {**UNET_TINY, "image_size": 8}),
 ])
 def test_overfits_tiny_batch(name, opts):
     torch.manual_seed(0)
@@ -197,3 +210,71 @@ def test_overfits_tiny_batch(name, opts):
         losses.append(loss.item())
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.1 * first, (name, first, last)
+
+
+# -- UNet ---------------------------------------------------------------------------------------------------
+def test_unet_cross_attention_uses_context():
+    torch.manual_seed(0)
+    model = _unzero(registry("backbones").create("unet", dict(UNET_TINY))).eval()
+    x, t, ctx, mask = _inputs()
+    with torch.no_grad():
+        a = model(x, t, ctx, mask)
+        assert (model(x, t, torch.randn_like(ctx), mask) - a).abs().max() > 1e-3
+        # the context reaches the output only through cross-attention: zeroing its output projections
+        # (and removing every attention block) makes the output context-independent
+        for blk in [m for m in model.modules() if type(m).__name__ == "_AttnBlock"]:
+            blk.cross.out.weight.zero_()
+            blk.cross.out.bias.zero_()
+        b = model(x, t, ctx, mask)
+        torch.testing.assert_close(model(x, t, torch.randn_like(ctx), mask), b)
+    plain = _unzero(registry("backbones").create(
+        "unet", {**UNET_TINY, "attention_resolutions": (), "mid_attention": False})).eval()
+    assert not any(type(m).__name__ == "_AttnBlock" for m in plain.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x, t, ctx, mask), plain(x, t, ctx * 3 + 1, mask))
+
+
+def test_unet_fully_masked_context_is_finite_and_ignored():
+    torch.manual_seed(0)
+    model = _unzero(registry("backbones").create("unet", dict(UNET_TINY))).eval()
+    x, t, ctx, mask = _inputs()
+    none = torch.zeros_like(mask)
+    none_first = mask.clone()
+    none_first[0] = False
+    with torch.no_grad():
+        out = model(x, t, ctx, none)
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(model(x, t, ctx * 100 - 7, none), out)
+        # one fully masked sample in a batch does not disturb the others
+        mixed = model(x, t, ctx, none_first)
+        torch.testing.assert_close(mixed[0], out[0])
+        torch.testing.assert_close(mixed[1:], model(x, t, ctx, mask)[1:])
+
+
+def test_unet_structure_config_and_errors():
+    import json
+
+    from miro_core import structure, unstructure
+    from miro_models.backbones.unet import UNet
+
+    fresh = registry("backbones").create("unet", dict(UNET_TINY))
+    x, t, ctx, mask = _inputs()
+    with torch.no_grad():  # zero-initialised output conv: v = 0 at initialisation
+        assert fresh(x, t, ctx, mask).abs().max() == 0
+    data = json.loads(json.dumps(unstructure(fresh.config)))  # tuples -> lists -> tuples
+    assert structure(data, UNet.Config) == fresh.config
+    n_attn = sum(type(m).__name__ == "_AttnBlock" for m in fresh.modules())
+    assert n_attn == 1 + 1 + 2 + 2 + 1  # down 16, down 8, up 8 (x2), up 16 (x2), middle
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in fresh.modules())
+    for name in UNet.presets:
+        structure(UNet.presets[name], UNet.Config)
+    default = registry("backbones").create("unet", {})
+    assert 1_000_000 < sum(p.numel() for p in default.parameters()) < 3_000_000
+    with torch.no_grad():
+        v = _unzero(default).eval()(torch.randn(2, 3, 32, 32), torch.rand(2), torch.randn(2, 5, 256),
+                                    torch.ones(2, 5, dtype=torch.bool))
+    assert v.shape == (2, 3, 32, 32) and v.is_contiguous() and torch.isfinite(v).all()
+    with pytest.raises(ValueError, match="16x16"):
+        fresh(torch.randn(1, 3, 8, 8), t[:1], ctx[:1], mask[:1])
+    with pytest.raises(ValueError, match="not divisible"):
+        registry("backbones").create("unet", {**UNET_TINY, "image_size": 18, "patch_size": 2})
