@@ -27,7 +27,6 @@ from typing import Any
 
 import attrs
 import torch
-from torch import nn
 
 from miro_core import MiroError
 

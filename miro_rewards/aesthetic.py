@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
 from miro_core import ConfigError, MiroError, Reward, config, hookimpl
 

@@ -67,7 +67,7 @@ def save_tiny_clip(directory: str | Path, *, seed: int = 0, projection_dim: int 
                    image_mean: tuple[float, ...] | None = None, image_std: tuple[float, ...] | None = None,
                    logit_scale: float | None = None) -> Path:
     """Save a random tiny ``CLIPModel`` (+ tokenizer and ``CLIPImageProcessor``) with ``save_pretrained``."""
-    from transformers import CLIPImageProcessor, CLIPModel
+    from transformers import CLIPModel
 
     directory = Path(directory)
     torch.manual_seed(seed)

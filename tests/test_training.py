@@ -1,6 +1,5 @@
 """Training loop: loss decreases, checkpoints round-trip, exact resume, accumulation, dropout, errors."""
 
-import json
 import shutil
 
 import numpy as np

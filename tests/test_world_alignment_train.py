@@ -9,7 +9,7 @@ import torch
 
 from miro_core import registry
 from miro_core.cli import main
-from miro_world.alignment_model import (AlignmentModel, AlignmentModelConfig, AlignmentTrainConfig, load_alignment_model,
+from miro_world.alignment_model import (AlignmentModelConfig, AlignmentTrainConfig, load_alignment_model,
                                         tokenize, train_alignment, SHIPPED_WEIGHTS)
 
 TINY = {"steps": 60, "batch_size": 32, "num_scenes": 400, "num_eval_scenes": 150, "lr": 5e-3,
