@@ -1,4 +1,4 @@
-"""Backbones ``rin`` and ``dit``: contract, layers, self-conditioning, masking, overfitting a tiny batch."""
+"""Backbones ``rin``, ``dit`` and ``unet``: contract, layers, self-conditioning, masking, overfitting a tiny batch."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ RIN_TINY = {"image_size": 16, "context_dim": 32, "interface_dim": 32, "latent_di
 DIT_TINY = {"image_size": 16, "context_dim": 32, "hidden_dim": 48, "depth": 2, "heads": 4}
 UNET_TINY = {"image_size": 16, "context_dim": 32, "patch_size": 1, "base_channels": 16, "channel_mult": (1, 2),
              "num_res_blocks": 1, "attention_resolutions": (16, 8), "heads": 2, "num_groups": 4}
+UNET_PATCHED = {**UNET_TINY, "patch_size": 2, "attention_resolutions": (8,)}
 
 
 _unzero = unzero_parameters
@@ -39,7 +40,7 @@ class TestUNetContract(BackboneContract):
 
 class TestUNetPatchedContract(BackboneContract):
     backbone_name = "unet"
-    options = {**UNET_TINY, "patch_size": 2, "attention_resolutions": (8,)}
+    options = UNET_PATCHED
 
 
 def _inputs(batch=3, shape=(3, 16, 16), ctx_len=6, ctx_dim=32, seed=0):

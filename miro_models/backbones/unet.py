@@ -131,7 +131,7 @@ class UNet(Backbone):
 
     #: Named option sets. ``small``: the CPU default (1.4 M parameters at 3x32x32, feature maps 16/8/4).
     #: ``pixel``: a classic pixel-space U-Net (no patching, 64 channels, mult 1-2-2, 2 blocks, attention at
-    #: 16 and 8; ~9x slower on CPU). ``ddpm_cifar``: the DDPM CIFAR-10 layout (128 channels, mult 1-2-2-2,
+    #: 16 and 8; 8.4 M parameters, ~18x slower on CPU). ``ddpm_cifar``: the DDPM CIFAR-10 layout (128 channels, mult 1-2-2-2,
     #: 2 blocks, attention at 16) with cross-attention added.
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "small": {},
