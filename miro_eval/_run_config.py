@@ -85,7 +85,9 @@ class RunConfig:
     eval_rewards: tuple[str, ...] = ()
     binner: str = "quantile"
     bins: int = 16
-    backbone: str = "rin"
+    #: ``unet`` on the built-in world: at the CPU budget of the presets it is the backbone that learns the
+    #: world's shapes (docs/miro-run.md, "Backbone"); ``--backbone rin`` is the paper's TextRIN
+    backbone: str = "unet"
     backbone_options: dict[str, Any] = attrs.field(factory=dict)
     text_encoder: str = "minilm"
     text_encoder_options: dict[str, Any] = attrs.field(factory=dict)
@@ -112,7 +114,7 @@ _SMALL_RIN = {"interface_dim": 64, "latent_dim": 96, "num_latents": 16, "num_blo
 _SMALL_DIT = {"patch_size": 4, "hidden_dim": 128, "depth": 4, "heads": 4}
 
 #: backbone options used by every preset unless the config / --set gives backbone_options
-SMALL_BACKBONES: dict[str, dict[str, Any]] = {"rin": _SMALL_RIN, "dit": _SMALL_DIT}
+SMALL_BACKBONES: dict[str, dict[str, Any]] = {"rin": _SMALL_RIN, "dit": _SMALL_DIT, "unet": {}}
 
 #: preset name -> overrides of RunConfig defaults (nested dicts). Sizes are measured in docs/miro-run.md.
 PRESETS: dict[str, dict[str, Any]] = {

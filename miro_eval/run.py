@@ -117,7 +117,7 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         data = apply_overrides(data, list(args.set))
     if "backbone_options" not in file_data and not any(s.startswith("backbone_options") for s in args.set):
         # presets use a small model of the chosen backbone (see SMALL_BACKBONES); its defaults otherwise
-        data["backbone_options"] = dict(SMALL_BACKBONES.get(str(data.get("backbone", "rin")), {}))
+        data["backbone_options"] = dict(SMALL_BACKBONES.get(str(data.get("backbone", "unet")), {}))
     if args.rewards is not None:  # preset experiment settings naming other rewards follow --rewards
         ex = data.get("experiments", {})
         user_ex = set(file_data.get("experiments", {})) | {s.split("=", 1)[0].split(".", 1)[-1] for s in args.set
