@@ -57,6 +57,14 @@ class HFTextEncoder(TextEncoder):
     def _how_to_get(self) -> str:
         raise NotImplementedError
 
+    def _kw(self, local: bool) -> dict[str, Any]:
+        """``from_pretrained`` keyword arguments for Hub-style configs (``revision``, ``local_files_only``)."""
+        kw: dict[str, Any] = {"local_files_only": local or getattr(self.config, "local_files_only", False)}
+        revision = getattr(self.config, "revision", None)
+        if not local and revision:
+            kw["revision"] = revision
+        return kw
+
     def _load(self, source: str, revision: str | None, local: bool):
         raise NotImplementedError
 

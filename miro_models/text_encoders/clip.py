@@ -34,12 +34,6 @@ class CLIPText(HFTextEncoder):
         return (f"Download it with `huggingface-cli download {self.config.model}{rev}`, or set model to a local "
                 "directory holding config.json, the CLIP tokenizer files (vocab.json, merges.txt) and weights.")
 
-    def _kw(self, local: bool) -> dict[str, Any]:
-        kw: dict[str, Any] = {"local_files_only": local or self.config.local_files_only}
-        if not local and self.config.revision:
-            kw["revision"] = self.config.revision
-        return kw
-
     def _load_config(self, source: str, revision: str | None, local: bool) -> Any:
         from transformers import CLIPTextConfig
 

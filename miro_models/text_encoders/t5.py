@@ -37,12 +37,6 @@ class T5(HFTextEncoder):
                 "HF cache), or set model to a local directory holding config.json, the tokenizer files and the "
                 "weights (T5EncoderModel.save_pretrained + tokenizer.save_pretrained).")
 
-    def _kw(self, local: bool) -> dict[str, Any]:
-        kw: dict[str, Any] = {"local_files_only": local or self.config.local_files_only}
-        if not local and self.config.revision:
-            kw["revision"] = self.config.revision
-        return kw
-
     def _load_config(self, source: str, revision: str | None, local: bool) -> Any:
         from transformers import AutoConfig
 
