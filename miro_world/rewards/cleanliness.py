@@ -11,9 +11,10 @@ __all__ = ["WorldCleanliness", "cleanliness"]
 
 import torch
 
-from miro_core import Reward, config, hookimpl
+from miro_core import hookimpl
 
-from .._imageops import check_images, noise_sigma, resize
+from .._imageops import noise_sigma, resize
+from ._image_stat import ImageStatReward
 
 
 def cleanliness(images: torch.Tensor, resolution: int = 32) -> torch.Tensor:
@@ -21,25 +22,13 @@ def cleanliness(images: torch.Tensor, resolution: int = 32) -> torch.Tensor:
     return -torch.log(noise_sigma(resize(images, resolution)) + 0.002)
 
 
-class WorldCleanliness(Reward):
+class WorldCleanliness(ImageStatReward):
     """Negative log noise level (image-only)."""
 
     name = "world_cleanliness"
     version = "1"
-    uses_text = False
-
-    @config
-    class Config:
-        resolution: int = 32
-
-    def score(self, images, prompts):
-        images = check_images(images, prompts, self.name)
-        with torch.no_grad():
-            return cleanliness(images, self.config.resolution)
-
-    def metadata(self):
-        return {**super().metadata(), "measures": "absence of noise: -log of a median-based (Immerkaer) noise "
-                "std estimate; image-only", "uses_text": False}
+    measures = 'absence of noise: -log of a median-based (Immerkaer) noise std estimate; image-only'
+    compute = staticmethod(cleanliness)
 
 
 @hookimpl

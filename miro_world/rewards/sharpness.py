@@ -15,9 +15,10 @@ __all__ = ["WorldSharpness", "sharpness"]
 import torch
 import torch.nn.functional as F
 
-from miro_core import Reward, config, hookimpl
+from miro_core import hookimpl
 
-from .._imageops import check_images, luminance, noise_sigma, resize
+from .._imageops import luminance, noise_sigma, resize
+from ._image_stat import ImageStatReward
 
 
 def _median3(x: torch.Tensor) -> torch.Tensor:
@@ -42,27 +43,13 @@ def sharpness(images: torch.Tensor, resolution: int = 32) -> torch.Tensor:
     return torch.log(signal / (contrast + 1e-6) + 1e-4)
 
 
-class WorldSharpness(Reward):
+class WorldSharpness(ImageStatReward):
     """Edge sharpness per unit contrast, noise-compensated (image-only)."""
 
     name = "world_sharpness"
     version = "2"
-    uses_text = False
-
-    @config
-    class Config:
-        #: working resolution (images are resized to it first, so scores compare across sizes)
-        resolution: int = 32
-
-    def score(self, images, prompts):
-        images = check_images(images, prompts, self.name)
-        with torch.no_grad():
-            return sharpness(images, self.config.resolution)
-
-    def metadata(self):
-        return {**super().metadata(), "measures": "edge sharpness: gradient energy of the 3x3-median-filtered luma (minus the "
-                "residual noise energy) per unit "
-                "local contrast energy on the luminance, log scale; image-only", "uses_text": False}
+    measures = 'edge sharpness: gradient energy of the 3x3-median-filtered luma (minus the residual noise energy) per unit local contrast energy on the luminance, log scale; image-only'
+    compute = staticmethod(sharpness)
 
 
 @hookimpl

@@ -17,9 +17,10 @@ __all__ = ["WorldVividness", "vividness"]
 import torch
 import torch.nn.functional as F
 
-from miro_core import Reward, config, hookimpl
+from miro_core import hookimpl
 
-from .._imageops import check_images, luminance, resize
+from .._imageops import luminance, resize
+from ._image_stat import ImageStatReward
 
 
 def vividness(images: torch.Tensor, resolution: int = 32) -> torch.Tensor:
@@ -38,25 +39,13 @@ def vividness(images: torch.Tensor, resolution: int = 32) -> torch.Tensor:
     return saturated + colourful + 0.5 * contrast
 
 
-class WorldVividness(Reward):
+class WorldVividness(ImageStatReward):
     """Saturated area + colourfulness + contrast (image-only "aesthetic")."""
 
     name = "world_vividness"
     version = "1"
-    uses_text = False
-
-    @config
-    class Config:
-        resolution: int = 32
-
-    def score(self, images, prompts):
-        images = check_images(images, prompts, self.name)
-        with torch.no_grad():
-            return vividness(images, self.config.resolution)
-
-    def metadata(self):
-        return {**super().metadata(), "measures": "vividness ('aesthetic'): saturated-area fraction + "
-                "Hasler-Suesstrunk colourfulness + 0.5 * luminance std; image-only", "uses_text": False}
+    measures = "vividness ('aesthetic'): saturated-area fraction + Hasler-Suesstrunk colourfulness + 0.5 * luminance std; image-only"
+    compute = staticmethod(vividness)
 
 
 @hookimpl
