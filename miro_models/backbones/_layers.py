@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from miro_core import ConfigError
+
 
 class RMSNorm(nn.Module):
     """Root-mean-square norm over the last dimension, with an optional learned gain."""
@@ -84,7 +86,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, kv_dim: int | None = None, qk_norm: bool = True, zero_init: bool = False):
         super().__init__()
         if dim % heads:
-            raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
+            raise ConfigError(f"attention width {dim} is not divisible by {heads} heads")
         self.heads = heads
         self.head_dim = dim // heads
         self.q = nn.Linear(dim, dim, bias=False)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from miro_core import Backbone, config, hookimpl
+from miro_core import Backbone, ConfigError, config, hookimpl
 
 from ._layers import Attention, RMSNorm, SwiGLU, TimestepEmbedding, patchify, unpatchify
 
@@ -75,7 +75,7 @@ class DiT(Backbone):
         super().__init__(config)
         c = self.config
         if c.image_size % c.patch_size:
-            raise ValueError(f"image_size {c.image_size} is not divisible by patch_size {c.patch_size}")
+            raise ConfigError(f"image_size {c.image_size} is not divisible by patch_size {c.patch_size}; choose a patch_size that divides image_size")
         d = c.hidden_dim
         n_patches = (c.image_size // c.patch_size) ** 2
         self.patch_in = nn.Linear(c.in_channels * c.patch_size**2, d)

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from miro_core import Backbone, config, hookimpl
+from miro_core import Backbone, ConfigError, config, hookimpl
 
 from ._layers import Attention, RMSNorm, SwiGLU, TimestepEmbedding, patchify, unpatchify
 
@@ -122,9 +122,9 @@ class RIN(Backbone):
         super().__init__(config)
         c = self.config
         if c.image_size % c.patch_size:
-            raise ValueError(f"image_size {c.image_size} is not divisible by patch_size {c.patch_size}")
+            raise ConfigError(f"image_size {c.image_size} is not divisible by patch_size {c.patch_size}; choose a patch_size that divides image_size")
         if not 0.0 <= c.self_cond_rate <= 1.0:
-            raise ValueError(f"self_cond_rate must be in [0, 1], got {c.self_cond_rate}")
+            raise ConfigError(f"self_cond_rate must be in [0, 1], got {c.self_cond_rate}")
         n_patches = (c.image_size // c.patch_size) ** 2
         patch_dim = c.in_channels * c.patch_size**2
         self.patch_in = nn.Linear(patch_dim, c.interface_dim)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from miro_core import Backbone, config, hookimpl
+from miro_core import Backbone, ConfigError, config, hookimpl
 
 from ._layers import Attention, RMSNorm, TimestepEmbedding
 
@@ -145,17 +145,17 @@ class UNet(Backbone):
         super().__init__(config)
         c = self.config
         if not c.channel_mult or any(m < 1 for m in c.channel_mult):
-            raise ValueError(f"channel_mult must be a non-empty tuple of positive integers, got {c.channel_mult}")
+            raise ConfigError(f"channel_mult must be a non-empty tuple of positive integers, got {c.channel_mult}")
         if c.num_res_blocks < 1 or c.base_channels < 1:
-            raise ValueError("num_res_blocks and base_channels must be >= 1")
+            raise ConfigError("num_res_blocks and base_channels must be >= 1")
         if c.patch_size < 1:
-            raise ValueError(f"patch_size must be >= 1, got {c.patch_size}")
+            raise ConfigError(f"patch_size must be >= 1, got {c.patch_size}")
         factor = c.patch_size * 2 ** (len(c.channel_mult) - 1)
         if c.image_size % factor:
-            raise ValueError(f"image_size {c.image_size} is not divisible by {factor} "
+            raise ConfigError(f"image_size {c.image_size} is not divisible by {factor} "
                              f"(patch_size * 2 ** (len(channel_mult) - 1) for channel_mult={c.channel_mult})")
         if not 0.0 <= c.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {c.dropout}")
+            raise ConfigError(f"dropout must be in [0, 1), got {c.dropout}")
         temb_dim = c.time_dim or 4 * c.base_channels
         g = c.num_groups
 
