@@ -64,6 +64,8 @@ def run_experiments(run: Any, models: dict[str, tuple[str, ...]], histories: dic
             run.metrics["tradeoff"] = _tradeoff(run, models["miro"])
         if ex.test_time_scaling:
             run.metrics["test_time_scaling"] = _test_time_scaling(run, [m for m in ("miro", "baseline") if m in models])
+    if ex.guidance_sweep and ("miro" in models or "baseline" in models):
+        run.metrics["guidance_sweep"] = _guidance_sweep(run, [m for m in ("miro", "baseline") if m in models])
 
 
 def _controllability(run: Any, rewards: tuple[str, ...]) -> dict[str, Any]:
@@ -145,7 +147,7 @@ def _test_time_scaling(run: Any, models: list[str]) -> dict[str, Any]:
     for m, flat in results.items():
         for k, v in flat.items():
             head, _, metric = k.partition("/")
-            if metric == "num_images":
+            if metric in ("num_images", "overall_stderr"):
                 continue
             n = int(head.removeprefix("best_of_"))
             by_model.setdefault(m, {}).setdefault(n, {})[metric] = v
@@ -156,3 +158,69 @@ def _test_time_scaling(run: Any, models: list[str]) -> dict[str, Any]:
                                   title=f"best-of-N selected by {selection}")
     return {"selection_reward": selection, "ns": [2**k for k in range(ex.tts_max_log2 + 1)], "results": by_model,
             "num_prompts": len(prompts), "plot": str(plot)}
+
+
+def _sweep_kwargs(run: Any, pipe: Any, variant: str, scale: float) -> dict[str, Any]:
+    """Sampling kwargs of one point of the guidance sweep (``variant`` is ignored for the baseline)."""
+    kw = run.sampling_kwargs(pipe)
+    kw["guidance_scale"] = float(scale)
+    names = tuple(getattr(pipe, "reward_names", ()))
+    if not names:  # the baseline: its own evaluation mode (text CFG or none) at this scale
+        return kw
+    kw.pop("drop_text_in_negative", None)
+    if variant == "text_cfg":  # rewards held at s+ in both branches: only the caption is contrasted
+        kw.update(guidance="multi_reward_cfg", drop_text_in_negative=True,
+                  negative_reward_targets={r: 1.0 for r in names})
+    else:
+        kw["guidance"] = variant
+    return kw
+
+
+def _guidance_sweep(run: Any, models: list[str]) -> dict[str, Any]:
+    """Every main metric at each guidance scale: MIRO under each variant, the baseline under its own guidance.
+
+    Scale 0 is the positive branch alone, so it is computed once per model and shared by its variants.
+    Each point is cached in ``experiments/guidance_sweep/`` (keyed by checkpoint and evaluation config)."""
+    from .plots import plot_curves
+
+    ex, e = run.cfg.experiments, run.cfg.eval
+    scales = sorted({float(w) for w in ex.guidance_sweep_scales})
+    metrics = main_metrics(run)
+    prompts = run.prompts("eval", e.num_prompts)
+    series: dict[str, tuple[str, str]] = {}
+    for m in models:
+        if m == "baseline":
+            series["baseline (text CFG)" if e.baseline_text_cfg else "baseline"] = (m, "baseline")
+        else:
+            for v in ex.guidance_sweep_variants:
+                series[f"{m} ({v})"] = (m, v)
+    points: dict[tuple[str, str, float], dict[str, float]] = {}
+    todo = [(m, v, w) for m, v in series.values() for w in scales]
+    bar = run.progress.bar(len({(m, v if w > 0 else "", w) for m, v, w in todo}), "guidance sweep")
+    for m, v, w in todo:
+        vkey = v if w > 0 else "unguided"
+        if (m, vkey, w) in points:
+            continue
+        key = {"ckpt": run.checkpoint_id(m), "variant": vkey, "scale": w, "eval": unstructure(e),
+               "rewards": run.eval_reward_names, "prompts": len(prompts)}
+
+        def compute(m=m, v=v, w=w):
+            pipe = run.pipeline(m)
+            kw = _sweep_kwargs(run, pipe, v, w)
+            out = dict(run._reward_evaluator().evaluate(pipe, prompts=prompts, seed=e.seed, **kw))
+            if run.geneval_enabled():
+                out.update({f"geneval/{k}": float(x) for k, x in run._geneval().evaluate(pipe, seed=e.seed, **kw).items()})
+            return {k: float(x) for k, x in out.items() if k in metrics}
+
+        safe = f"{m}_{vkey}_{w:g}".replace("/", "_")
+        points[(m, vkey, w)] = run._cached(f"experiments/guidance_sweep/{safe}.json", key, compute)
+        bar.update(1)
+    bar.close()
+    table: dict[str, dict[str, list[float]]] = {}
+    for label, (m, v) in series.items():
+        rows = [points[(m, v if w > 0 else "unguided", w)] for w in scales]
+        table[label] = {k: [float(r.get(k, float("nan"))) for r in rows] for k in metrics}
+    curves = {label: {k: {"steps": scales, "values": vals} for k, vals in by_metric.items()} for label, by_metric in table.items()}
+    plot = plot_curves(curves, metrics, run.path("plots", "guidance_sweep.png"), title="metric vs guidance scale w",
+                       xlabel="guidance scale w")
+    return {"scales": scales, "metrics": metrics, "series": table, "num_prompts": len(prompts), "plot": str(plot)}

@@ -50,9 +50,25 @@ def _headline(run: Any) -> str:
         return ""
     parts = []
     for k in main_metrics(run):
-        a, b = models["miro"].get(k), models["baseline"].get(k)
-        parts.append(f"{k.replace('/mean', '')} {format_value(a, 3)} vs {format_value(b, 3)}")
-    return "MIRO vs baseline: " + "; ".join(parts)
+        a, b = (_with_stderr(run, models[m], k) for m in ("miro", "baseline"))
+        parts.append(f"{k.replace('/mean', '')} {a} vs {b}")
+    return "MIRO vs baseline (± standard error): " + "; ".join(parts)
+
+
+def stderr(run: Any, metrics: dict[str, Any], key: str) -> float | None:
+    """Standard error of a main metric: reward std / sqrt(images), or the compositional evaluator's own."""
+    if key.endswith("/mean"):
+        std = metrics.get(key[: -len("/mean")] + "/std")
+        n = run.cfg.eval.num_prompts
+        return float(std) / math.sqrt(n) if std is not None and n > 0 else None
+    se = metrics.get(f"{key}_stderr")
+    return float(se) if se is not None else None
+
+
+def _with_stderr(run: Any, metrics: dict[str, Any], key: str) -> str:
+    se = stderr(run, metrics, key)
+    text = format_value(metrics.get(key), 3)
+    return f"{text} ± {format_value(se, 2)}" if se is not None and math.isfinite(se) else text
 
 
 def write_report(run: Any, models: dict[str, tuple[str, ...]]) -> dict[str, Any]:
@@ -94,11 +110,14 @@ def write_report(run: Any, models: dict[str, tuple[str, ...]]) -> dict[str, Any]
              + (" and the compositional score (`geneval/overall`, exact GenEval-style check of the world)." if "geneval/overall" in mm else "."))
     header = ["model", "conditioned on", *[m.replace("/mean", "") for m in mm]]
     rep.table(header, [[m, ", ".join(models[m]) or "(none)", *[metrics["models"][m].get(k) for k in mm]] for m in models])
-    gen_keys = sorted({k for m in models for k in metrics["models"][m] if k.startswith("geneval/") and k not in ("geneval/overall", "geneval/num_images")})
+    gen_keys = sorted({k for m in models for k in metrics["models"][m] if k.startswith("geneval/") and k not in ("geneval/overall", "geneval/num_images", "geneval/overall_stderr")})
     if gen_keys:
-        rep.text("Compositional score per category:")
-        rep.table(["model", *[k.removeprefix("geneval/") for k in gen_keys]],
-                  [[m, *[metrics["models"][m].get(k) for k in gen_keys]] for m in models])
+        n_img = {format_value(metrics["models"][m].get("geneval/num_images")) for m in models}
+        rep.text(f"Compositional score per category ({' / '.join(sorted(n_img))} images per model; `overall` is the mean "
+                 "over categories, with its standard error):")
+        rep.table(["model", *[k.removeprefix("geneval/") for k in gen_keys], "overall", "± SE"],
+                  [[m, *[metrics["models"][m].get(k) for k in gen_keys], metrics["models"][m].get("geneval/overall"),
+                    metrics["models"][m].get("geneval/overall_stderr")] for m in models])
     comp = metrics.get("comparison", {})
     if comp.get("reference_wins"):
         rep.text("Metrics on which MIRO is at least as good as each other model: "
@@ -167,6 +186,19 @@ def write_report(run: Any, models: dict[str, tuple[str, ...]]) -> dict[str, Any]
         rep.text(f"Pairwise interpolation between `{tr['a']}` and `{tr['b']}`: s+ = 1; s-[{tr['a']}] = t, s-[{tr['b']}] = 1 - t, other s- = 1.")
         rep.table(["t", *tr["means"]], [[t, *[tr["means"][k][i] for k in tr["means"]]] for i, t in enumerate(tr["t"])])
         rep.image(tr["plot"], "trade-off")
+
+    gs = metrics.get("guidance_sweep")
+    if gs:
+        rep.heading("Guidance scale")
+        rep.text(f"Every metric of the main evaluation ({gs['num_prompts']} prompts, same seeds) at each guidance scale w, "
+                 "from the same checkpoints. MIRO variants: `multi_reward_cfg` = paper eq. 3 (s+ = 1, s- = 0, caption in "
+                 "both branches); `multi_reward_cfg_text_drop` = eq. 3 with the caption also dropped in the negative "
+                 "branch; `text_cfg` = s- = s+ = 1 with the caption dropped in the negative branch (plain text CFG of the "
+                 "reward-conditioned model). w = 0 is the positive branch alone.")
+        rep.table(["model (guidance)", "w", *[m.replace("/mean", "") for m in gs["metrics"]]],
+                  [[label, w, *[vals[k][i] for k in gs["metrics"]]]
+                   for label, vals in gs["series"].items() for i, w in enumerate(gs["scales"])])
+        rep.image(gs["plot"], "metric vs guidance scale")
 
     rep.heading("Artifacts and timings")
     rep.table(["model", "checkpoint", "TensorBoard logs"],

@@ -67,6 +67,14 @@ class ExperimentsConfig:
     tts_geneval_images_per_category: int = 8
     #: pairwise trade-off sweep between the first two rewards
     tradeoff: bool = False
+    #: every metric of the main evaluation at each guidance scale, for MIRO under each of
+    #: ``guidance_sweep_variants`` and for the baseline under text CFG (no retraining)
+    guidance_sweep: bool = False
+    guidance_sweep_scales: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 5.0)
+    #: ``multi_reward_cfg`` (paper eq. 3), ``multi_reward_cfg_text_drop`` (eq. 3 with the caption also dropped in the
+    #: negative branch), ``text_cfg`` (s- = s+ = 1: plain text CFG of the reward-conditioned model), or any
+    #: registered guidance
+    guidance_sweep_variants: tuple[str, ...] = ("multi_reward_cfg", "multi_reward_cfg_text_drop", "text_cfg")
 
 
 @config
@@ -117,6 +125,9 @@ _SMALL_DIT = {"patch_size": 4, "hidden_dim": 128, "depth": 4, "heads": 4}
 SMALL_BACKBONES: dict[str, dict[str, Any]] = {"rin": _SMALL_RIN, "dit": _SMALL_DIT, "unet": {}}
 
 #: preset name -> overrides of RunConfig defaults (nested dicts). Sizes are measured in docs/miro-run.md.
+#: The compositional score uses the same number of images in every category (``images_per_category``): the
+#: world's prompt set has 3 single-object prompts and 60 colour-attribution ones, so "n images per prompt" would
+#: leave the small categories (which weigh 1/6 of ``overall`` each) with a handful of images.
 PRESETS: dict[str, dict[str, Any]] = {
     # smoke test: every phase runs, nothing is learned (< 2 minutes)
     "tiny": {
@@ -137,7 +148,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 32,
         "train": {"checkpoint_every": 400, "optim": {"warmup_steps": 40}},
         "eval": {"num_prompts": 32, "num_steps": 12, "eval_every": 100, "curve_prompts": 16, "curve_num_steps": 8,
-                 "geneval_options": {"n_per_prompt": 1}},
+                 "geneval_options": {"images_per_category": 16}},
     },
     "default": {
         "data_options": {"num_samples": 3000, "image_size": 32},
@@ -147,7 +158,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 32,
         "train": {"checkpoint_every": 500, "optim": {"warmup_steps": 100}},
         "eval": {"num_prompts": 64, "num_steps": 16, "eval_every": 250, "curve_prompts": 24, "curve_num_steps": 10,
-                 "geneval_options": {"n_per_prompt": 2}},
+                 "geneval_options": {"images_per_category": 64}},
+        # a smaller sweep than paper-mini's (11 evaluations, ~2-3 minutes) keeps the preset within 15 minutes
+        "experiments": {"guidance_sweep": True, "guidance_sweep_scales": [0.0, 1.0, 3.0, 5.0],
+                        "guidance_sweep_variants": ["multi_reward_cfg", "text_cfg"]},
     },
     "paper-mini": {
         "data_options": {"num_samples": 4000, "image_size": 32},
@@ -157,10 +171,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 32,
         "train": {"checkpoint_every": 1000, "optim": {"warmup_steps": 100}},
         "eval": {"num_prompts": 64, "num_steps": 16, "eval_every": 250, "curve_prompts": 24, "curve_num_steps": 10,
-                 "geneval_options": {"n_per_prompt": 2}},
+                 "geneval_options": {"images_per_category": 64}},
         "experiments": {"single_reward": True, "leave_one_out": True, "controllability": True,
                         "controllability_rewards": list(WORLD_REWARDS), "test_time_scaling": True, "tts_max_log2": 5,
-                        "tts_prompts": 16, "tts_selection": "world_alignment", "tradeoff": True},
+                        "tts_prompts": 16, "tts_selection": "world_alignment", "tradeoff": True, "guidance_sweep": True},
     },
 }
 

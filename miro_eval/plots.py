@@ -38,8 +38,8 @@ def _save(fig, path: str | Path) -> Path:
 
 
 def plot_curves(curves: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]], metrics: Sequence[str], path: str | Path,
-                *, title: str = "reward vs training step") -> Path:
-    """``curves[model][metric] = {"steps": [...], "values": [...]}``; one panel per metric."""
+                *, title: str = "reward vs training step", xlabel: str = "step") -> Path:
+    """``curves[model][metric] = {"steps": [...], "values": [...]}`` (``steps`` = the x values); one panel per metric."""
     plt = _plt()
     rows, cols = _grid(len(metrics))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
@@ -48,7 +48,7 @@ def plot_curves(curves: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]
             if metric in cs:
                 ax.plot(cs[metric]["steps"], cs[metric]["values"], marker=_MARKERS.get(model, "o"), label=model, ms=4)
         ax.set_title(metric, fontsize=9)
-        ax.set_xlabel("step")
+        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(metrics):]:

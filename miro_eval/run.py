@@ -153,6 +153,13 @@ def validate_config(cfg: RunConfig) -> None:
             raise ConfigError(f"experiments.controllability_rewards names {r!r}, which is not in --rewards {list(cfg.rewards)}.")
     if cfg.experiments.tts_selection and cfg.experiments.tts_selection not in (*cfg.rewards, *cfg.eval_rewards):
         raise ConfigError(f"experiments.tts_selection {cfg.experiments.tts_selection!r} is not among the rewards.")
+    known = sorted({*registry("guidance").names(), "text_cfg"})
+    for v in cfg.experiments.guidance_sweep_variants:
+        if v not in known:
+            raise ConfigError(f"experiments.guidance_sweep_variants names {v!r}, which is not a guidance; known: {', '.join(known)}.")
+    for w in cfg.experiments.guidance_sweep_scales:
+        if not (w >= 0 and w < float("inf")):
+            raise ConfigError(f"experiments.guidance_sweep_scales has {w!r}: guidance scales must be finite and >= 0.")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -193,7 +193,8 @@ class WorldGenEval(Evaluator):
                  **sampling_kwargs) -> dict[str, float]:
         """Generate, detect, judge. ``generate(prompts, **sampling_kwargs) -> [B,3,H,W]`` in [0, 1].
 
-        Returns ``{category: accuracy, ..., "overall": mean over categories, "num_images": n}``; the
+        Returns ``{category: accuracy, ..., "overall": mean over categories, "overall_stderr": its standard
+        error, "num_images": n}``; the
         per-image records (prompt, tag, correct, reason) are kept in ``self.last_records``.
         """
         plan = self.plan(n_per_prompt, images_per_category, categories)
@@ -218,7 +219,13 @@ class WorldGenEval(Evaluator):
             vals = [r["correct"] for r in self.last_records if r["tag"] == cat]
             if vals:
                 out[cat] = float(np.mean(vals))
-        out["overall"] = float(np.mean([out[c] for c in CATEGORIES if c in out])) if out else float("nan")
+        cats = [c for c in CATEGORIES if c in out]
+        out["overall"] = float(np.mean([out[c] for c in cats])) if cats else float("nan")
+        # standard error of ``overall`` (mean of independent per-category binomial proportions; images of one
+        # prompt are treated as independent draws, so it is a lower bound when prompts differ in difficulty)
+        n_cat = {c: sum(r["tag"] == c for r in self.last_records) for c in cats}
+        out["overall_stderr"] = (float(np.sqrt(sum(out[c] * (1 - out[c]) / n_cat[c] for c in cats)) / len(cats))
+                                 if cats else float("nan"))
         out["num_images"] = float(len(self.last_records))
         logger.info("world_geneval: %s", out)
         return out

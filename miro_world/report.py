@@ -1,11 +1,13 @@
 """Measurements of the world: rendering speed, reward correlations, rewards per degradation / corruption.
 
 ``python -m miro_world.report [--n 5000] [--seed 0]`` prints a JSON report (numbers quoted in docs/world.md).
+``python -m miro_world.report --store OUT/store.zarr [--binner quantile]`` prints what the bottom and top bins of
+each reward of a scored world table are made of (ground truth regenerated from the store's own data config).
 """
 
 from __future__ import annotations
 
-__all__ = ["measure", "detector_accuracy", "vividness_hacks"]
+__all__ = ["measure", "detector_accuracy", "vividness_hacks", "bin_composition"]
 
 import argparse
 import json
@@ -151,12 +153,64 @@ def vividness_hacks(n: int = 400, seed: int = 12) -> dict[str, dict[str, float]]
     return out
 
 
+def bin_composition(store_url: str, binner: str = "quantile") -> dict[str, Any]:
+    """Per reward of a scored ``world`` table: for its bottom and top bin (and all rows), the share of
+    saturated backdrops, the caption corruption types, and the mean number of degradations.
+
+    The ground truth is regenerated from the store's recorded world config (``data_config``), row by row from
+    the ids ``world-<seed>-<index>``."""
+    import ast
+
+    from miro_core import ConfigError
+    from miro_core.store import RewardStore
+
+    from .source import make_sample
+
+    store = RewardStore.open(store_url)
+    conf = store.attrs.get("config")
+    conf = ast.literal_eval(conf) if isinstance(conf, str) else conf
+    if not isinstance(conf, dict) or conf.get("data_source") != "world":
+        raise ConfigError(f"{store_url} was not scored from the `world` data source: no ground truth to compare bins with.")
+    cfg = WorldSource.Config(**conf["data_config"])
+    binned = store.binnings().get(binner, [])
+    if not binned:
+        raise ConfigError(f"{store_url} has no `{binner}` bins; known binnings: {sorted(store.binnings()) or 'none'} "
+                          f"(run `miro bin`).")
+    truth = []
+    for sid in store.ids():
+        _, seed, index = str(sid).rsplit("-", 2)
+        meta = make_sample(int(seed), int(index), cfg).meta
+        corr = meta["caption_corruption"]
+        truth.append((meta["scene"]["backdrop"] is not None, corr["type"] if corr else "none", len(meta["degradations"])))
+    backdrop = np.array([t[0] for t in truth])
+    corruption = np.array([t[1] for t in truth])
+    n_deg = np.array([t[2] for t in truth], dtype=float)
+
+    def describe(mask: np.ndarray) -> dict[str, Any]:
+        kinds, counts = np.unique(corruption[mask], return_counts=True)
+        return {"rows": int(mask.sum()), "backdrop": float(backdrop[mask].mean()),
+                "caption": {str(k): float(c / mask.sum()) for k, c in zip(kinds, counts)},
+                "degradations_mean": float(n_deg[mask].mean())}
+
+    out: dict[str, Any] = {"store": store_url, "binner": binner, "all": describe(np.ones(len(truth), bool)), "rewards": {}}
+    for r in binned:
+        b = np.asarray(store.bins(binner, r))
+        nb = int(store.bin_attrs(binner, r)["num_bins"])
+        out["rewards"][r] = {"num_bins": nb, "bottom_bin": describe(b == 0), "top_bin": describe(b == nb - 1)}
+    return out
+
+
 if __name__ == "__main__":  # pragma: no cover
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--store", help="a scored world table: print its bin composition instead")
+    ap.add_argument("--binner", default="quantile")
     a = ap.parse_args()
+    if a.store:
+        print(json.dumps(bin_composition(a.store, a.binner), indent=2))
+        raise SystemExit(0)
     torch.set_num_threads(1)
     ap_detector = a.n // 5
     print(json.dumps({**measure(a.n, a.seed, a.image_size), "detector_accuracy": detector_accuracy(ap_detector),

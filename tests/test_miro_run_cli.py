@@ -31,6 +31,8 @@ def _run(capsys, *argv):
         (["--set", "eval.no_such_field=1"], "unknown key(s) no_such_field"),
         (["--set", "steps"], "not of the form key.path=value"),
         (["--steps", "0"], "at least 1 step"),
+        (["--set", 'experiments.guidance_sweep_variants=["cfg"]'], "'cfg', which is not a guidance; known: "),
+        (["--set", "experiments.guidance_sweep_scales=[-1.0]"], "must be finite and >= 0"),
     ],
 )
 def test_bad_input_is_one_paragraph_exit_2(capsys, tmp_path, argv, needle):

@@ -22,7 +22,7 @@ def run_dir(tmp_path_factory):
     sets = ["experiments.leave_one_out=true", "experiments.controllability=true",
             "experiments.controllability_prompts=3", "experiments.test_time_scaling=true", "experiments.tts_max_log2=2",
             "experiments.tts_prompts=2", "experiments.tts_geneval_images_per_category=1", "experiments.tradeoff=true",
-            "eval.eval_every=0"]
+            "eval.eval_every=0", "experiments.guidance_sweep=true", "experiments.guidance_sweep_scales=[0.0, 3.0]"]
     argv = ["--preset", "tiny", "--rewards", ",".join(REWARDS), "--out", str(out), "--no-progress"]
     for s in sets:
         argv += ["--set", s]
@@ -76,11 +76,30 @@ def test_all_experiments_reported(run_dir):
     assert "convergence" not in m  # eval_every=0: no curves
 
 
+def test_guidance_sweep_matches_main_evaluation(run_dir):
+    m = json.loads((run_dir / "metrics.json").read_text())
+    gs = m["guidance_sweep"]
+    assert gs["scales"] == [0.0, 3.0] and m["config"]["eval"]["guidance_scale"] == 3.0
+    assert set(gs["series"]) == {"miro (multi_reward_cfg)", "miro (multi_reward_cfg_text_drop)", "miro (text_cfg)",
+                                 "baseline (text CFG)"}
+    metrics = gs["metrics"]
+    assert metrics == ["world_sharpness/mean", "world_vividness/mean", "geneval/overall"]
+    # the point at the evaluation's own scale and guidance is the main evaluation, number for number
+    for label, model in (("miro (multi_reward_cfg)", "miro"), ("baseline (text CFG)", "baseline")):
+        for k in metrics:
+            assert gs["series"][label][k][1] == pytest.approx(m["models"][model][k], rel=1e-6, abs=1e-9), (label, k)
+    # w = 0 is the positive branch alone: the same for every MIRO variant
+    for k in metrics:
+        assert len({gs["series"][f"miro ({v})"][k][0] for v in ("multi_reward_cfg", "multi_reward_cfg_text_drop", "text_cfg")}) == 1
+    # the variants are really different samplers at w > 0
+    assert gs["series"]["miro (text_cfg)"]["world_vividness/mean"][1] != gs["series"]["miro (multi_reward_cfg)"]["world_vividness/mean"][1]
+
+
 def test_report_has_every_section_and_plot(run_dir):
     text = (run_dir / "report.md").read_text()
-    for section in ("## Controllability", "## Leave one reward out", "## Test-time scaling", "## Trade-off"):
+    for section in ("## Controllability", "## Leave one reward out", "## Test-time scaling", "## Trade-off", "## Guidance scale"):
         assert section in text
     for plot in ("models.png", "radar.png", "leave_one_out.png", "controllability_world_sharpness.png",
-                 "test_time_scaling.png", "tradeoff.png"):
+                 "test_time_scaling.png", "tradeoff.png", "guidance_sweep.png"):
         assert (run_dir / "plots" / plot).exists(), plot
         assert f"plots/{plot}" in text

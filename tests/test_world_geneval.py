@@ -85,8 +85,9 @@ def test_oracle_scores_one_and_wrong_generators_score_low():
     ev = registry("evaluators").create("world_geneval", {"images_per_category": 12, "batch_size": 16})
     by_prompt = {r["prompt"]: r for r in load_prompts()}
     res = ev.evaluate(oracle_generate(by_prompt, 32, seed=1))
-    assert set(res) == {*CATEGORIES, "overall", "num_images"} and res["num_images"] == 72
+    assert set(res) == {*CATEGORIES, "overall", "overall_stderr", "num_images"} and res["num_images"] == 72
     assert res["overall"] == 1.0, [r for r in ev.last_records if not r["correct"]]
+    assert res["overall_stderr"] == 0.0  # every category all right: no sampling uncertainty
     # a generator that always answers the *next* prompt of the plan (wrong content) fails almost everywhere
     prompts = list(by_prompt)
     shifted = {p: by_prompt[prompts[(k + 7) % len(prompts)]] for k, p in enumerate(prompts)}
@@ -115,3 +116,32 @@ def test_counting_is_exact_and_seed_is_passed():
     assert res["counting"] == 0.0 and seeds == [5]
     with pytest.raises(MiroError):
         ev.evaluate(one_extra, categories=["nope"])
+
+
+def test_overall_stderr_against_a_direct_computation():
+    """A generator right on every other image (alternating by position in the batch), so that categories get
+    different accuracies; the standard error is recomputed here from the per-image records by its formula."""
+    ev = registry("evaluators").create("world_geneval", {"n_per_prompt": 2, "batch_size": 7})
+    by_prompt = {r["prompt"]: r for r in load_prompts()}
+    good = oracle_generate(by_prompt, 32, seed=3)
+    calls = [0]
+
+    def half(prompts):
+        imgs = good(prompts)
+        for k in range(len(prompts)):
+            if (calls[0] + k) % 3 == 0:
+                imgs[k] = 0.0  # blank: never correct
+        calls[0] += len(prompts)
+        return imgs
+
+    res = ev.evaluate(half)
+    recs = ev.last_records
+    acc, var = [], []
+    for cat in CATEGORIES:
+        vals = np.array([r["correct"] for r in recs if r["tag"] == cat], dtype=float)
+        acc.append(vals.mean())
+        var.append(vals.mean() * (1 - vals.mean()) / len(vals))
+    assert 0 < res["overall"] < 1 and len(set(np.round(acc, 6))) > 1
+    assert res["overall"] == pytest.approx(np.mean(acc))
+    assert res["overall_stderr"] == pytest.approx(np.sqrt(np.sum(var)) / len(CATEGORIES))
+    assert res["overall_stderr"] > 0
