@@ -174,7 +174,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                  "geneval_options": {"images_per_category": 64}},
         "experiments": {"single_reward": True, "leave_one_out": True, "controllability": True,
                         "controllability_rewards": list(WORLD_REWARDS), "test_time_scaling": True, "tts_max_log2": 5,
-                        "tts_prompts": 16, "tts_selection": "world_alignment", "tradeoff": True, "guidance_sweep": True},
+                        "tts_prompts": 16, "tts_selection": "world_alignment", "tradeoff": True, "guidance_sweep": True,
+                        "controllability_prompts": 32},
     },
 }
 

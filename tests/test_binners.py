@@ -93,28 +93,29 @@ def test_quantile_equal_population_on_calibration_and_held_out():
 
 
 def test_quantile_ties_mid_rank_rule():
-    """Discrete scores: equal scores share one bin, placed at the middle of the bins their tie group spans,
-    except tie groups at the bottom / top of the data, which take bin 0 / the top bin."""
+    """Discrete scores: equal scores share one bin, placed at the middle of the bins their tie group spans.
+    (The extremes here are rare, so no saturated-extreme rebalancing happens: see the next tests.)"""
     rng = np.random.default_rng(2)
     b = 64
     values = np.array([0.0, 1.0, 2.0, 5.0, 6.0])
-    probs = np.array([0.3, 0.1, 0.2, 0.1, 0.3])
+    probs = np.array([0.005, 0.3, 0.39, 0.3, 0.005])
     x = rng.choice(values, p=probs, size=50_000)
     q = make("quantile", num_bins=b)
     state = roundtrip(q.fit(x))
     bins = q.transform(x, state)
+    edges = np.asarray(state["edges"])
+    np.testing.assert_allclose(edges, np.maximum.accumulate(np.quantile(x, np.arange(1, b) / b)))  # plain quantiles
     cdf_hi = np.cumsum([np.mean(x == v) for v in values])
     cdf_lo = cdf_hi - [np.mean(x == v) for v in values]
-    edges = np.asarray(state["edges"])
     for v, lo_p, hi_p in zip(values, cdf_lo, cdf_hi):
         got = np.unique(bins[x == v])
         assert got.size == 1  # identical scores -> one bin
         lo, hi = np.sum(edges < v), np.sum(edges <= v)
-        if lo == 0:  # the tie group holds the lowest scores: extremes stay extremes
+        if lo == 0:  # the tie group holds the lowest edges: extremes stay extremes
             assert got[0] == 0
-        elif hi == b - 1:  # ... the highest scores
+        elif hi == b - 1:  # ... the highest ones
             assert got[0] == b - 1
-        else:
+        elif hi - lo > 1:  # a tie group spanning several bins: its middle one
             assert got[0] == (lo + hi + 1) // 2
             mid_level = (lo_p + hi_p) / 2  # mid-rank percentile of the tie group
             assert abs((got[0] + 0.5) / b - mid_level) <= 1.0 / b
@@ -138,17 +139,40 @@ def test_saturated_reward_top_bin_holds_the_best_data():
         assert (bins[x < 3.0] < 15).all()
 
 
-def test_quantile_ties_mixed_with_continuous():
-    """A spike (e.g. a clipped reward at 10.0) does not disturb equal population of the continuous part."""
+def test_quantile_saturated_extremes_leave_no_empty_bin():
+    """A spike at the maximum (a clipped reward at 10.0, 25 %) and one at the minimum (0.0, 10 %): each takes
+    its extreme bin alone and the continuous part is split into equal shares of the other bins (plain
+    quantiles would leave the bins inside each spike empty)."""
     rng = np.random.default_rng(3)
     b = 32
-    x = np.concatenate([rng.uniform(0, 10, size=75_000), np.full(25_000, 10.0)])
+    x = np.concatenate([rng.uniform(0, 10, size=65_000), np.full(25_000, 10.0), np.full(10_000, 0.0)])
     q = make("quantile", num_bins=b)
+    state = roundtrip(q.fit(x))
+    bins = q.transform(x, state)
+    counts = np.bincount(bins, minlength=b)
+    assert counts[0] == 10_000 and counts[b - 1] == 25_000
+    np.testing.assert_allclose(counts[1 : b - 1] / 65_000, 1 / (b - 2), rtol=0.01)
+    # against an independent computation: rank of each continuous score among the continuous scores
+    cont = (x > 0) & (x < 10)
+    ranks = rankdata(x[cont], method="average")
+    ref = 1 + np.minimum(np.floor((b - 2) * (ranks - 1) / (cont.sum() - 1)), b - 3).astype(int)
+    assert np.mean(bins[cont] == ref) > 0.9999
+    assert (np.diff(q.transform(np.sort(x), state).astype(int)) >= 0).all()  # still a monotone map
+    # held-out scores outside the calibration range go to the extreme bins
+    np.testing.assert_array_equal(q.transform(np.array([-5.0, 0.0, 0.01, 9.999, 10.0, 11.0]), state),
+                                  [0, 0, 1, b - 2, b - 1, b - 1])
+    # only one saturated extreme: the other side stays plain
+    top_only = np.concatenate([rng.uniform(0, 10, size=75_000), np.full(25_000, 10.0)])
+    c = np.bincount(q.transform(top_only, q.fit(top_only)), minlength=b)
+    assert c[b - 1] == 25_000
+    np.testing.assert_allclose(c[: b - 1] / 75_000, 1 / (b - 1), rtol=0.01)
+
+
+def test_quantile_two_valued_scores_use_both_extremes():
+    x = np.array([0.0] * 700 + [1.0] * 300)
+    q = make("quantile", num_bins=8)
     bins = q.transform(x, q.fit(x))
-    cont = np.bincount(bins[x < 10], minlength=b)[:24]
-    np.testing.assert_allclose(cont / x.size, 1 / b, rtol=0.02)
-    spike = np.unique(bins[x == 10.0])
-    assert spike.size == 1 and spike[0] == 31  # spans bins 24..31 and holds the maximum -> top bin
+    assert set(bins[x == 0.0]) == {0} and set(bins[x == 1.0]) == {7}
 
 
 def test_tiny_calibration_sets_spread_over_range():

@@ -14,6 +14,9 @@ its bin with :func:`transform_edges`. The rules (DESIGN.md sections 1 and 4) are
 * **Extremes stay extremes.** A tie group that includes the top edge (e.g. a reward that saturates at its
   maximum for most clean images) goes to the top bin ``num_bins - 1``, and one that includes the bottom edge
   goes to bin 0, so the default guidance targets s+ = 1 and s- = 0 are levels that training data actually has.
+* The ``quantile`` binner avoids most tie groups at the extremes when fitting (a saturated minimum / maximum
+  gets its extreme bin alone and the rest is split by its own quantiles, see :mod:`.quantile`); the rules
+  here still apply to whatever edges a binner produces.
 * A constant column therefore lands in the middle bin ``num_bins // 2``; a calibration set with no finite
   value gives an empty edge list and every finite score lands in that middle bin.
 """
