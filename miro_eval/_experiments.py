@@ -161,11 +161,12 @@ def _test_time_scaling(run: Any, models: list[str]) -> dict[str, Any]:
 
 
 def _sweep_kwargs(run: Any, pipe: Any, variant: str, scale: float) -> dict[str, Any]:
-    """Sampling kwargs of one point of the guidance sweep (``variant`` is ignored for the baseline)."""
+    """Sampling kwargs of one point of the guidance sweep (``variant`` is ignored for the baseline; ``unguided``
+    keeps the evaluation's own guidance, at scale 0 it is the positive branch alone)."""
     kw = run.sampling_kwargs(pipe)
     kw["guidance_scale"] = float(scale)
     names = tuple(getattr(pipe, "reward_names", ()))
-    if not names:  # the baseline: its own evaluation mode (text CFG or none) at this scale
+    if not names or variant == "unguided":  # the baseline: its own evaluation mode (text CFG or none)
         return kw
     kw.pop("drop_text_in_negative", None)
     if variant == "text_cfg":  # rewards held at s+ in both branches: only the caption is contrasted
@@ -186,7 +187,6 @@ def _guidance_sweep(run: Any, models: list[str]) -> dict[str, Any]:
     ex, e = run.cfg.experiments, run.cfg.eval
     scales = sorted({float(w) for w in ex.guidance_sweep_scales})
     metrics = main_metrics(run)
-    prompts = run.prompts("eval", e.num_prompts)
     series: dict[str, tuple[str, str]] = {}
     for m in models:
         if m == "baseline":
@@ -194,33 +194,29 @@ def _guidance_sweep(run: Any, models: list[str]) -> dict[str, Any]:
         else:
             for v in ex.guidance_sweep_variants:
                 series[f"{m} ({v})"] = (m, v)
-    points: dict[tuple[str, str, float], dict[str, float]] = {}
-    todo = [(m, v, w) for m, v in series.values() for w in scales]
-    bar = run.progress.bar(len({(m, v if w > 0 else "", w) for m, v, w in todo}), "guidance sweep")
-    for m, v, w in todo:
-        vkey = v if w > 0 else "unguided"
-        if (m, vkey, w) in points:
-            continue
-        key = {"ckpt": run.checkpoint_id(m), "variant": vkey, "scale": w, "eval": unstructure(e),
-               "rewards": run.eval_reward_names, "prompts": len(prompts)}
 
-        def compute(m=m, v=v, w=w):
+    def point(m: str, v: str, w: float) -> tuple[str, str, float]:
+        return (m, v if w > 0 else "unguided", w)  # w = 0: the positive branch alone, whatever the variant
+
+    todo = dict.fromkeys(point(m, v, w) for m, v in series.values() for w in scales)
+    points: dict[tuple[str, str, float], dict[str, float]] = {}
+    bar = run.progress.bar(len(todo), "guidance sweep")
+    for m, vkey, w in todo:
+        key = {"ckpt": run.checkpoint_id(m), "variant": vkey, "scale": w, "eval": unstructure(e),
+               "rewards": run.eval_reward_names, "prompts": e.num_prompts}
+
+        def compute(m=m, vkey=vkey, w=w):
             pipe = run.pipeline(m)
-            kw = _sweep_kwargs(run, pipe, v, w)
-            out = dict(run._reward_evaluator().evaluate(pipe, prompts=prompts, seed=e.seed, **kw))
-            if run.geneval_enabled():
-                out.update({f"geneval/{k}": float(x) for k, x in run._geneval().evaluate(pipe, seed=e.seed, **kw).items()})
+            out = run.measure(pipe, _sweep_kwargs(run, pipe, vkey, w))
             return {k: float(x) for k, x in out.items() if k in metrics}
 
         safe = f"{m}_{vkey}_{w:g}".replace("/", "_")
         points[(m, vkey, w)] = run._cached(f"experiments/guidance_sweep/{safe}.json", key, compute)
         bar.update(1)
     bar.close()
-    table: dict[str, dict[str, list[float]]] = {}
-    for label, (m, v) in series.items():
-        rows = [points[(m, v if w > 0 else "unguided", w)] for w in scales]
-        table[label] = {k: [float(r.get(k, float("nan"))) for r in rows] for k in metrics}
+    table = {label: {k: [float(points[point(m, v, w)].get(k, float("nan"))) for w in scales] for k in metrics}
+             for label, (m, v) in series.items()}
     curves = {label: {k: {"steps": scales, "values": vals} for k, vals in by_metric.items()} for label, by_metric in table.items()}
     plot = plot_curves(curves, metrics, run.path("plots", "guidance_sweep.png"), title="metric vs guidance scale w",
                        xlabel="guidance scale w")
-    return {"scales": scales, "metrics": metrics, "series": table, "num_prompts": len(prompts), "plot": str(plot)}
+    return {"scales": scales, "metrics": metrics, "series": table, "num_prompts": e.num_prompts, "plot": str(plot)}

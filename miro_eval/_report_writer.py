@@ -55,7 +55,7 @@ def _headline(run: Any) -> str:
     return "MIRO vs baseline (± standard error): " + "; ".join(parts)
 
 
-def stderr(run: Any, metrics: dict[str, Any], key: str) -> float | None:
+def _stderr(run: Any, metrics: dict[str, Any], key: str) -> float | None:
     """Standard error of a main metric: reward std / sqrt(images), or the compositional evaluator's own."""
     if key.endswith("/mean"):
         std = metrics.get(key[: -len("/mean")] + "/std")
@@ -66,7 +66,7 @@ def stderr(run: Any, metrics: dict[str, Any], key: str) -> float | None:
 
 
 def _with_stderr(run: Any, metrics: dict[str, Any], key: str) -> str:
-    se = stderr(run, metrics, key)
+    se = _stderr(run, metrics, key)
     text = format_value(metrics.get(key), 3)
     return f"{text} ± {format_value(se, 2)}" if se is not None and math.isfinite(se) else text
 

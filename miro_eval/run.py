@@ -546,18 +546,26 @@ class MiroRun:
 
         def compute():
             pipe = self.pipeline(name)
-            kw = self.sampling_kwargs(pipe)
-            prompts = self.prompts("eval", e.num_prompts)
             bar = self.progress.bar(2 if self.geneval_enabled() else 1, f"evaluate {name}")
-            out = dict(self._reward_evaluator().evaluate(pipe, prompts=prompts, seed=e.seed, **kw))
-            bar.update(1)
-            if self.geneval_enabled():
-                out.update({f"geneval/{k}": float(v) for k, v in self._geneval().evaluate(pipe, seed=e.seed, **kw).items()})
-                bar.update(1)
+            out = self.measure(pipe, self.sampling_kwargs(pipe), bar=bar)
             bar.close()
             return out
 
         return self._cached(f"eval/{name}.json", key, compute)
+
+    def measure(self, pipe: Any, sampling_kwargs: dict[str, Any], bar: Any = None) -> dict[str, float]:
+        """The main evaluation of one sampler setting: every reward on the evaluation prompts, then the
+        compositional evaluator (when enabled); ``bar`` is advanced once per part."""
+        e = self.cfg.eval
+        out = dict(self._reward_evaluator().evaluate(pipe, prompts=self.prompts("eval", e.num_prompts), seed=e.seed,
+                                                     **sampling_kwargs))
+        if bar is not None:
+            bar.update(1)
+        if self.geneval_enabled():
+            out.update({f"geneval/{k}": float(v) for k, v in self._geneval().evaluate(pipe, seed=e.seed, **sampling_kwargs).items()})
+            if bar is not None:
+                bar.update(1)
+        return out
 
     def sample_grids(self, models: Sequence[str]) -> None:
         from ._common import generate_batched

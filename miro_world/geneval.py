@@ -215,17 +215,16 @@ class WorldGenEval(Evaluator):
             for rec, (ok, reason) in zip(chunk, self.judge_images(images, chunk)):
                 self.last_records.append({"prompt": rec["prompt"], "tag": rec["tag"], "correct": ok, "reason": reason})
         out: dict[str, float] = {}
+        n_cat: dict[str, int] = {}
         for cat in CATEGORIES:
             vals = [r["correct"] for r in self.last_records if r["tag"] == cat]
             if vals:
-                out[cat] = float(np.mean(vals))
-        cats = [c for c in CATEGORIES if c in out]
-        out["overall"] = float(np.mean([out[c] for c in cats])) if cats else float("nan")
+                out[cat], n_cat[cat] = float(np.mean(vals)), len(vals)
+        out["overall"] = float(np.mean([out[c] for c in n_cat])) if n_cat else float("nan")
         # standard error of ``overall`` (mean of independent per-category binomial proportions; images of one
         # prompt are treated as independent draws, so it is a lower bound when prompts differ in difficulty)
-        n_cat = {c: sum(r["tag"] == c for r in self.last_records) for c in cats}
-        out["overall_stderr"] = (float(np.sqrt(sum(out[c] * (1 - out[c]) / n_cat[c] for c in cats)) / len(cats))
-                                 if cats else float("nan"))
+        out["overall_stderr"] = (float(np.sqrt(sum(out[c] * (1 - out[c]) / n for c, n in n_cat.items())) / len(n_cat))
+                                 if n_cat else float("nan"))
         out["num_images"] = float(len(self.last_records))
         logger.info("world_geneval: %s", out)
         return out

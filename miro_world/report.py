@@ -159,8 +159,6 @@ def bin_composition(store_url: str, binner: str = "quantile") -> dict[str, Any]:
 
     The ground truth is regenerated from the store's recorded world config (``data_config``), row by row from
     the ids ``world-<seed>-<index>``."""
-    import ast
-
     from miro_core import ConfigError
     from miro_core.store import RewardStore
 
@@ -168,7 +166,6 @@ def bin_composition(store_url: str, binner: str = "quantile") -> dict[str, Any]:
 
     store = RewardStore.open(store_url)
     conf = store.attrs.get("config")
-    conf = ast.literal_eval(conf) if isinstance(conf, str) else conf
     if not isinstance(conf, dict) or conf.get("data_source") != "world":
         raise ConfigError(f"{store_url} was not scored from the `world` data source: no ground truth to compare bins with.")
     cfg = WorldSource.Config(**conf["data_config"])
@@ -187,6 +184,8 @@ def bin_composition(store_url: str, binner: str = "quantile") -> dict[str, Any]:
     n_deg = np.array([t[2] for t in truth], dtype=float)
 
     def describe(mask: np.ndarray) -> dict[str, Any]:
+        if not mask.any():  # an empty bin (possible with e.g. the uniform binner)
+            return {"rows": 0, "backdrop": None, "caption": {}, "degradations_mean": None}
         kinds, counts = np.unique(corruption[mask], return_counts=True)
         return {"rows": int(mask.sum()), "backdrop": float(backdrop[mask].mean()),
                 "caption": {str(k): float(c / mask.sum()) for k, c in zip(kinds, counts)},

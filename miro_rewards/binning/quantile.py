@@ -68,10 +68,12 @@ def _quantile_edges(x: np.ndarray, b: int) -> np.ndarray:
     # saturated = plain quantiles would put several edges on that value (and leave the bins between them empty)
     bottom = int(np.sum(plain == lo)) >= 2
     top = int(np.sum(plain == hi)) >= 2
+    if not (bottom or top):
+        return plain
     rest = x[(x > lo if bottom else True) & (x < hi if top else True)]
     m = b - int(bottom) - int(top)  # bins left for the rest
-    if not (bottom or top) or rest.size == 0 or m < 1:
-        return plain  # no saturated extreme, or nothing but the extremes (they already take 0 and b - 1)
+    if rest.size == 0 or m < 1:
+        return plain  # nothing but the extremes: plain quantiles already give them bins 0 and b - 1
     # bin(x) = #{edges <= x}: the minimum of the rest is the first edge (the saturated minimum alone below it),
     # the maximum the last one (the saturated maximum alone at or above it)
     parts = [np.array([rest.min()])] if bottom else []
