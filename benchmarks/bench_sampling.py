@@ -59,7 +59,7 @@ def main(argv=None):
     prompts = [f"prompt {i}" for i in range(b)]
 
     def guided():
-        pipe(prompts, num_steps=args.steps, seed=0)
+        pipe(prompts, num_inference_steps=args.steps, seed=0, output_type="pt")
 
     def bare(n):
         x = torch.randn(n, 3, s, s, device=device)

@@ -11,4 +11,5 @@ miro_plugins = [
     "miro_core.cli.score_cmd",
     "miro_core.cli.bin_cmd",
     "miro_core.cli.store_cmd",
+    "miro_core.cli.convert_cmd",
 ]

@@ -140,10 +140,18 @@ class Backbone(nn.Module):
     ``x_t``: ``[B, C, H, W]``; ``t``: ``[B]`` in [0, 1] (1 = pure noise); ``context``: ``[B, L, D]`` tokens
     (text tokens followed by reward tokens); ``context_mask``: ``[B, L]`` bool, True = attend.
     Self-conditioning state, where a backbone has it, is its own business.
+
+    ``train_uniforms``: names of per-sample random draws the backbone needs in training (e.g. which samples
+    are self-conditioned). The training loop draws one uniform in [0, 1) per sample and name from its seeded
+    generator and passes them as keyword arguments (``forward(..., self_cond=u)``), so a resumed or a DDP run
+    draws exactly what a single uninterrupted run does. ``default_conditioning`` (``module:Class``) names the
+    conditioning module the backbone was designed with; empty = :class:`miro_core.conditioning.RewardConditioning`.
     """
 
     name: ClassVar[str]
     Config: ClassVar[type] = EmptyConfig
+    train_uniforms: ClassVar[tuple[str, ...]] = ()
+    default_conditioning: ClassVar[str] = ""
 
     def __init__(self, config: Any = None):
         super().__init__()

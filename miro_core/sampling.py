@@ -1,7 +1,7 @@
 """Sampling: conditioning batches, the guided ODE sampler and :class:`MiroPipeline`.
 
-``MiroPipeline.from_checkpoint(dir)`` rebuilds text encoder, autoencoder and model from the checkpoint's
-``config.json`` and samples with any registered guidance strategy (default ``multi_reward_cfg``, paper eq. 3).
+``MiroPipeline.from_pretrained(dir)`` / ``from_checkpoint(dir)`` rebuild text encoder, autoencoder and model from
+a ``config.json`` and sample with any registered guidance strategy (default ``multi_reward_cfg``, paper eq. 3).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ __all__ = [
     "resolve_targets",
     "save_images",
     "image_grid",
+    "as_generate",
+    "SAMPLING_DEFAULTS",
 ]
 
 import contextlib
@@ -167,22 +169,61 @@ class _ModelFn:
         self.model = model
         self.device = device
         self.stateful = bool(getattr(model, "stateful", False))
+        self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         self.calls = 0
         self.rows = 0
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         self.calls += 1
         self.rows += int(x.shape[0])
+        xin, tokens = x, cond.text_tokens
+        if self.dtype != torch.float32 and self.device.type != "cuda":  # a cast model (torch_dtype) on CPU
+            xin, tokens = x.to(self.dtype), tokens.to(self.dtype)
         with _autocast(self.device):
-            v = self.model(x, t, cond.text_tokens, cond.text_mask, cond.levels)
+            v = self.model(xin, t, tokens, cond.text_mask, cond.levels)
         return v.to(x.dtype)
 
 
-class MiroPipeline:
-    """Text + reward targets -> images, with multi-reward classifier-free guidance.
+def as_generate(obj: Any) -> Any:
+    """The ``generate(prompts, **kwargs) -> images [B,3,H,W]`` callable of a pipeline (its ``generate`` method),
+    or ``obj`` itself when it is already such a callable (evaluators accept both)."""
+    fn = getattr(obj, "generate", None)
+    return fn if callable(fn) else obj
 
-    ``pipe(prompts, reward_targets={"aesthetic": 1.0}, guidance_scale=7.0)``; unspecified positive targets
-    default to 1.0, negative ones to 0.0.
+
+def _initial_noise(n: int, shape: tuple[int, ...], generator: Any, seed: int | None) -> torch.Tensor:
+    """``[n, *shape]`` float32 noise: from one generator (drawn at once, on its device), one generator per image,
+    or a seed (a CPU generator)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != n:
+            raise ConfigError(f"generator: got a list of {len(generator)} generators for {n} images; pass one "
+                              "generator per image (prompts x num_images_per_prompt) or a single generator.")
+        return torch.stack([torch.randn(*shape, generator=g, device=g.device).cpu() for g in generator])
+    if generator is None:
+        seed = int(seed) if seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())
+        generator = torch.Generator().manual_seed(seed)
+    if not isinstance(generator, torch.Generator):
+        raise ConfigError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}.")
+    return torch.randn(n, *shape, generator=generator, device=generator.device).cpu()
+
+
+#: What a pipeline samples with when a call does not say (``save_pretrained`` stores them per model).
+SAMPLING_DEFAULTS: dict[str, Any] = {"guidance": "multi_reward_cfg", "guidance_scale": 7.0, "num_inference_steps": 50,
+                                     "solver": "euler", "time_shift": 1.0, "drop_text_in_negative": False}
+
+_OUTPUT_TYPES = ("pil", "pt", "np", "latent")
+
+
+class MiroPipeline:
+    """Text + reward targets -> images, with multi-reward classifier-free guidance (diffusers-style API).
+
+    ``pipe(prompt, reward_targets={"aesthetic": 1.0}, guidance_scale=7.0)``; unspecified positive targets
+    default to 1.0, negative ones to 0.0. ``MiroPipeline.from_pretrained(dir_or_hub_id)`` loads our pretrained
+    format, an official MIRO release directory, or a training checkpoint; ``save_pretrained(dir)`` writes ours.
+
+    ``negative_text``: the text of the negative branch when it drops the caption (an official release stores the
+    empty-caption embedding; otherwise the text encoder encodes ``""``). ``defaults``: sampling settings used when
+    a call does not give them (:data:`SAMPLING_DEFAULTS`, overridden per model).
     """
 
     def __init__(
@@ -197,6 +238,9 @@ class MiroPipeline:
         device: torch.device | str = "cpu",
         binner_states: Mapping[str, Any] | None = None,
         metadata: Mapping[str, Any] | None = None,
+        negative_text: Cond | None = None,
+        defaults: Mapping[str, Any] | None = None,
+        model_config: Mapping[str, Any] | None = None,
     ):
         self.model = model.eval()
         self.text_encoder = text_encoder
@@ -207,6 +251,13 @@ class MiroPipeline:
         self.device = torch.device(device)
         self.binner_states = dict(binner_states or {})
         self.metadata = dict(metadata or {})
+        self.negative_text = negative_text
+        unknown = set(defaults or {}) - set(SAMPLING_DEFAULTS)
+        if unknown:
+            raise ConfigError(f"Unknown sampling defaults {sorted(unknown)}; known: {sorted(SAMPLING_DEFAULTS)}.")
+        self.defaults = {**SAMPLING_DEFAULTS, **dict(defaults or {})}
+        #: the ModelConfig (unstructured) the model was built from; save_pretrained needs it
+        self.model_config = dict(model_config) if model_config is not None else None
         self._empty: Cond | None = None
 
     # -- construction ----------------------------------------------------------------------------------
@@ -217,6 +268,25 @@ class MiroPipeline:
 
         return load_for_inference(path, device=device, use_ema=use_ema)
 
+    @classmethod
+    def from_pretrained(cls, pretrained: str | Path, *, revision: str | None = None, text_encoder: Any = None,
+                        vae: Any = None, torch_dtype: torch.dtype | None = None,
+                        device: str | torch.device | None = None) -> MiroPipeline:
+        """Load a pretrained directory or Hub repo: our format (``save_pretrained``), an official MIRO release
+        (``config.json`` with ``network`` / ``preconditioning``, ``model.safetensors``, ``uncond_embedding.npy``), or
+        a training checkpoint. ``text_encoder`` / ``vae``: a local directory (or a built encoder / autoencoder)
+        replacing the one the config names, so that it runs offline. See :mod:`miro_core.pretrained`."""
+        from .pretrained import load_pretrained
+
+        return load_pretrained(pretrained, revision=revision, text_encoder=text_encoder, vae=vae,
+                               torch_dtype=torch_dtype, device=device)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (the weights this pipeline samples with) atomically."""
+        from .pretrained import save_pretrained
+
+        return save_pretrained(self, directory)
+
     # -- helpers ---------------------------------------------------------------------------------------
     def encode_text(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
@@ -224,9 +294,13 @@ class MiroPipeline:
         return tokens.to(self.device, torch.float32), mask.to(self.device, torch.bool)
 
     def empty_text(self) -> Cond:
+        """The negative branch's text when it drops the caption: the stored embedding, else ``encode([""])``."""
         if self._empty is None:
-            tokens, mask = self.encode_text([""])
-            self._empty = Cond(tokens, mask, tokens.new_zeros(1, len(self.reward_names)))
+            if self.negative_text is not None:
+                self._empty = self.negative_text.to(self.device)
+            else:
+                tokens, mask = self.encode_text([""])
+                self._empty = Cond(tokens, mask, tokens.new_zeros(1, len(self.reward_names)))
         return self._empty
 
     def levels(self, targets: Mapping[str, float] | None, default: float, n: int, what: str) -> torch.Tensor:
@@ -251,45 +325,86 @@ class MiroPipeline:
     # -- sampling --------------------------------------------------------------------------------------
     def __call__(
         self,
-        prompts: str | Sequence[str],
+        prompt: str | Sequence[str],
         reward_targets: Mapping[str, float] | None = None,
         negative_reward_targets: Mapping[str, float] | None = None,
-        guidance_scale: float = 7.0,
-        guidance: str = "multi_reward_cfg",
-        num_steps: int = 50,
-        solver: str = "euler",
-        seed: int | torch.Generator | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        num_images_per_prompt: int = 1,
+        *,
+        guidance: str | None = None,
+        solver: str | None = None,
         guidance_interval: tuple[float, float] | None = None,
-        drop_text_in_negative: bool = False,
-        time_shift: float = 1.0,
-        generator: torch.Generator | None = None,
-        return_latents: bool = False,
-    ) -> torch.Tensor:
-        """Generate one image per prompt; returns float ``[B,3,H,W]`` in [0, 1] on CPU."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        prompts = list(prompts)
+        drop_text_in_negative: bool | None = None,
+        time_shift: float | None = None,
+        seed: int | None = None,
+        batch_size: int = 16,
+    ) -> Any:
+        """Generate ``num_images_per_prompt`` images per prompt.
+
+        ``latents``: the initial noise ``[n, C, h, w]`` (else drawn from ``generator``: one generator, or one per
+        image; else from ``seed``). The noise of every image is drawn before sampling, so the images do not
+        depend on ``batch_size`` (prompts are sampled ``batch_size`` at a time to bound memory).
+        ``output_type``: ``pil`` (list of PIL images), ``pt`` (float ``[n,3,H,W]`` in [0, 1] on CPU), ``np``
+        (float ``[n,H,W,3]``) or ``latent`` (the final latents ``[n,C,h,w]``, before the autoencoder).
+        Unset sampling settings come from ``self.defaults``.
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ConfigError("No prompts given: pass at least one prompt.")
+        if output_type not in _OUTPUT_TYPES:
+            raise ConfigError(f"output_type must be one of {', '.join(_OUTPUT_TYPES)} (got {output_type!r}).")
+        if num_images_per_prompt < 1 or batch_size < 1:
+            raise ConfigError("num_images_per_prompt and batch_size must be >= 1.")
+        d = self.defaults
+        steps = int(num_inference_steps if num_inference_steps is not None else d["num_inference_steps"])
+        scale = float(guidance_scale if guidance_scale is not None else d["guidance_scale"])
+        strategy = self.guidance_strategy(guidance or d["guidance"], scale, guidance_interval)
+        solver = solver or d["solver"]
+        shift = float(time_shift if time_shift is not None else d["time_shift"])
+        drop_text = bool(d["drop_text_in_negative"] if drop_text_in_negative is None else drop_text_in_negative)
+        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         n = len(prompts)
-        pos_levels = self.levels(reward_targets, 1.0, n, "positive target")
-        neg_levels = self.levels(negative_reward_targets, 0.0, n, "negative target")
-        strategy = self.guidance_strategy(guidance, guidance_scale, guidance_interval)
+        # validate the targets once, before any work
+        self.levels(reward_targets, 1.0, 1, "positive target")
+        self.levels(negative_reward_targets, 0.0, 1, "negative target")
+        if latents is not None:
+            if tuple(latents.shape) != (n, *self.latent_shape):
+                raise ConfigError(f"latents must have shape {(n, *self.latent_shape)} (images x latent shape), got "
+                                  f"{tuple(latents.shape)}.")
+            noise = latents.detach().float().cpu()
+        else:
+            noise = _initial_noise(n, self.latent_shape, generator, seed)
+        outs = []
+        for start in range(0, n, batch_size):
+            chunk = prompts[start:start + batch_size]
+            x0 = self._sample(chunk, noise[start:start + batch_size], reward_targets, negative_reward_targets,
+                              strategy, steps, solver, shift, drop_text)
+            outs.append(x0 if output_type == "latent" else self._decode(x0))
+        out = torch.cat(outs)
+        if output_type in ("pt", "latent"):
+            return out
+        arr = out.permute(0, 2, 3, 1).numpy()
+        if output_type == "np":
+            return arr
+        from PIL import Image
 
+        return [Image.fromarray((a * 255).round().astype("uint8")) for a in arr]
+
+    def _sample(self, prompts, noise, reward_targets, negative_reward_targets, strategy, steps, solver, shift,
+                drop_text) -> torch.Tensor:
+        n = len(prompts)
         tokens, mask = self.encode_text(prompts)
-        positive = Cond(tokens, mask, pos_levels)
-        negative = Cond(tokens, mask, neg_levels)
+        positive = Cond(tokens, mask, self.levels(reward_targets, 1.0, n, "positive target"))
+        negative = Cond(tokens, mask, self.levels(negative_reward_targets, 0.0, n, "negative target"))
         prepare = getattr(strategy, "prepare_negative", None)
-        if drop_text_in_negative:
+        if drop_text:
             negative = negative.with_text(self.empty_text())
         elif callable(prepare):
             negative = prepare(negative, self.empty_text)
-
-        if generator is None:
-            generator = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(
-                int(seed) if seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())
-            )
-        x1 = torch.randn(n, *self.latent_shape, generator=generator).to(self.device)
         model_fn = _ModelFn(self.model, self.device)
         self.last_model_fn = model_fn
         if hasattr(self.model, "reset_state"):
@@ -299,19 +414,21 @@ class MiroPipeline:
             return strategy(model_fn, x, t, positive, negative)
 
         with torch.no_grad():
-            x0 = integrate(velocity, x1, num_steps=num_steps, solver=solver, shift=time_shift)
-            if return_latents:
-                return x0.float().cpu()
-            images = self.autoencoder.decode(x0.float())
+            x0 = integrate(velocity, noise.to(self.device), num_steps=steps, solver=solver, shift=shift)
+        return x0.float().cpu()
+
+    def _decode(self, x0: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            images = self.autoencoder.decode(x0.to(self.device))
         return images.float().clamp(0.0, 1.0).cpu()
 
-    def generate(self, prompts: Sequence[str], **kwargs: Any) -> torch.Tensor:
-        """Evaluator-facing alias of ``__call__``."""
-        return self(prompts, **kwargs)
+    def generate(self, prompts: Sequence[str], num_steps: int | None = None, **kwargs: Any) -> torch.Tensor:
+        """Evaluator-facing: ``[B,3,H,W]`` float images in [0, 1] (``num_steps`` = ``num_inference_steps``)."""
+        kwargs.setdefault("output_type", "pt")
+        return self(prompts, num_inference_steps=num_steps, **kwargs)
 
     def to(self, device: str | torch.device) -> MiroPipeline:
         self.device = torch.device(device)
         self.model.to(self.device)
         self._empty = None
         return self
-

@@ -50,6 +50,9 @@ def generate_batched(
     Batch ``i`` is generated with ``seed=batch_seed(seed, i)``. ``progress`` is an optional callable
     ``progress(n_done)`` (e.g. a tqdm ``update``).
     """
+    from miro_core.sampling import as_generate
+
+    generate = as_generate(generate)
     prompts = list(prompts)
     out: list[torch.Tensor] = []
     for i, start in enumerate(range(0, len(prompts), max(1, batch_size))):

@@ -197,6 +197,9 @@ class WorldGenEval(Evaluator):
         error, "num_images": n}``; the
         per-image records (prompt, tag, correct, reason) are kept in ``self.last_records``.
         """
+        from miro_core.sampling import as_generate
+
+        generate = as_generate(generate)
         plan = self.plan(n_per_prompt, images_per_category, categories)
         bs = batch_size or self.config.batch_size
         base_seed = self.config.seed if seed is None else seed

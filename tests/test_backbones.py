@@ -149,30 +149,35 @@ def test_rin_eval_self_conditioning_state():
         torch.testing.assert_close(model(x[:1], t[:1], ctx[:1], mask[:1]), one)
 
 
-def test_rin_training_self_conditioning_uses_a_no_grad_first_pass():
+def test_rin_training_self_conditioning_follows_the_drawn_uniforms():
+    """Training: samples whose uniform is below self_cond_rate start from the latents of a no-grad first pass at
+    the same (x_t, t); the rest from zeros. Checked against the preconditioning written out here."""
     torch.manual_seed(0)
     x, t, ctx, mask = _inputs()
-    always = _unzero(registry("backbones").create("rin", {**RIN_TINY, "self_cond_rate": 1.0})).train()
-    never = registry("backbones").create("rin", {**RIN_TINY, "self_cond_rate": 0.0}).train()
-    never.load_state_dict(always.state_dict())
-    v_sc = always(x, t, ctx, mask)
-    v_0 = never(x, t, ctx, mask)
-    assert (v_sc - v_0).abs().max() > 1e-5
-    # with rate 1 the output equals an explicit two-pass computation
+    model = _unzero(registry("backbones").create("rin", dict(RIN_TINY))).train()
+    u = torch.tensor([0.1, 0.95, 0.5])  # rate 0.9: samples 0 and 2 are self-conditioned
+    v = model(x, t, ctx, mask, self_cond=u)
+    gamma = 1 - t
+    x_in = x / torch.sqrt((0.5 * gamma) ** 2 + (1 - gamma) ** 2).view(-1, 1, 1, 1)
     with torch.no_grad():
-        _, z = always._run(x, t, ctx, mask, x.new_zeros(3, 8, 48))
-        ref, _ = always._run(x, t, ctx, mask, z)
-    torch.testing.assert_close(v_sc.detach(), ref)
-    # gradients reach the self-conditioning projection only through the second pass
-    v_sc.pow(2).mean().backward()
-    assert always.self_cond[1].weight.grad.abs().sum() > 0
+        _, z = model._run(x_in, gamma, ctx, mask, None)
+        ref, _ = model._run(x_in, gamma, ctx, mask, z * torch.tensor([1.0, 0.0, 1.0]).view(-1, 1, 1))
+    torch.testing.assert_close(v.detach(), ref * math.sqrt(1.25))
+    # another draw changes only the sample whose decision flipped
+    with torch.no_grad():
+        v2 = model(x, t, ctx, mask, self_cond=torch.tensor([0.1, 0.95, 0.99]))
+    torch.testing.assert_close(v2[:2], v.detach()[:2])
+    assert (v2[2] - v.detach()[2]).abs().max() > 1e-5
+    # gradients reach the self-conditioning MLP (only through the second pass: the first is no_grad)
+    v.pow(2).mean().backward()
+    assert model.self_cond.fc1.weight.grad.abs().sum() > 0
     # switching to train() drops eval state
-    always.eval()
+    model.eval()
     with torch.no_grad():
-        always(x, t, ctx, mask)
-    assert always._prev_latents is not None
-    always.train()
-    assert always._prev_latents is None
+        model(x, t, ctx, mask)
+    assert model._prev_latents is not None
+    model.train()
+    assert model._prev_latents is None
 
 
 def test_presets_build_configs():
@@ -182,6 +187,7 @@ def test_presets_build_configs():
 
     paper = structure(RIN.presets["paper"], RIN.Config)
     assert (paper.num_latents, paper.latent_dim, paper.num_blocks, paper.layers_per_block) == (256, 1024, 4, 4)
+    assert (paper.interface_dim, paper.heads, paper.interface_heads) == (512, 32, 16)
     structure(DiT.presets["paper_scale"], DiT.Config)
 
 

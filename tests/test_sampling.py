@@ -29,14 +29,14 @@ def pipe(ckpt):
 
 def test_images_and_seed(pipe):
     assert pipe.reward_names == ("aesthetic", "pick") and pipe.image_size == 8
-    a = pipe(PROMPTS, num_steps=3, seed=1)
+    a = pipe(PROMPTS, num_inference_steps=3, seed=1, output_type="pt")
     assert a.shape == (2, 3, 8, 8) and a.min() >= 0 and a.max() <= 1
-    torch.testing.assert_close(a, pipe(PROMPTS, num_steps=3, seed=1), rtol=0, atol=0)
-    assert not torch.equal(a, pipe(PROMPTS, num_steps=3, seed=2))
+    torch.testing.assert_close(a, pipe.generate(PROMPTS, num_steps=3, seed=1), rtol=0, atol=0)
+    assert not torch.equal(a, pipe(PROMPTS, num_inference_steps=3, seed=2, output_type="pt"))
 
 
 def test_guidance_wiring(pipe):
-    kw = dict(num_steps=3, seed=0)
+    kw = dict(num_inference_steps=3, seed=0, output_type="pt")
     # scale 0 == no guidance; the guided run batches both branches (2B rows per model call)
     torch.testing.assert_close(pipe(PROMPTS, guidance_scale=0.0, **kw), pipe(PROMPTS, guidance="none", **kw))
     g = pipe(PROMPTS, guidance_scale=7.0, **kw)
@@ -48,7 +48,7 @@ def test_guidance_wiring(pipe):
     pipe(PROMPTS, guidance_interval=(0.0, 0.5), **kw)  # t = 1, 2/3 outside; 1/3 inside
     assert pipe.last_model_fn.rows == 2 + 2 + 4
     # the positive targets matter; negative targets matter; text dropping matters
-    lat = lambda **k: pipe(PROMPTS, return_latents=True, **kw, **k)  # noqa: E731
+    lat = lambda **k: pipe(PROMPTS, **{**kw, "output_type": "latent"}, **k)  # noqa: E731
     base = lat()
     assert not torch.allclose(base, lat(reward_targets={"aesthetic": 0.0}))
     assert not torch.allclose(base, lat(negative_reward_targets={"pick": 1.0}))
@@ -58,13 +58,61 @@ def test_guidance_wiring(pipe):
 
 def test_target_validation(pipe):
     with pytest.raises(ConfigError, match="aesthetic, pick"):
-        pipe(PROMPTS, reward_targets={"hpsv2": 1.0}, num_steps=1)
+        pipe(PROMPTS, reward_targets={"hpsv2": 1.0}, num_inference_steps=1)
     with pytest.raises(ConfigError, match=r"outside \[0, 1\]"):
-        pipe(PROMPTS, negative_reward_targets={"pick": 1.5}, num_steps=1)
+        pipe(PROMPTS, negative_reward_targets={"pick": 1.5}, num_inference_steps=1)
     with pytest.raises(ConfigError, match="Unknown solver"):
-        pipe(PROMPTS, solver="rk9", num_steps=1)
+        pipe(PROMPTS, solver="rk9", num_inference_steps=1)
     with pytest.raises(ConfigError, match="interval"):
-        pipe(PROMPTS, guidance_interval=(0.8, 0.2), num_steps=1)
+        pipe(PROMPTS, guidance_interval=(0.8, 0.2), num_inference_steps=1)
+
+
+def test_output_types_noise_and_batching(pipe):
+    """diffusers-style call: output types, latents= as the initial noise, one generator per image, chunking."""
+    kw = dict(num_inference_steps=2)
+    noise = torch.randn(2, *pipe.latent_shape, generator=torch.Generator().manual_seed(4))
+    lat = pipe(PROMPTS, latents=noise, output_type="latent", **kw)
+    assert lat.shape == (2, *pipe.latent_shape)
+    torch.testing.assert_close(pipe(PROMPTS, generator=torch.Generator().manual_seed(4), output_type="latent", **kw),
+                               lat, rtol=0, atol=0)
+    # one generator per image: image i gets the noise of generator i alone
+    gens = [torch.Generator().manual_seed(4), torch.Generator().manual_seed(9)]
+    per = pipe(PROMPTS, generator=gens, output_type="latent", **kw)
+    solo = pipe(PROMPTS[:1], generator=torch.Generator().manual_seed(4), output_type="latent", **kw)
+    torch.testing.assert_close(per[:1], solo, rtol=1e-5, atol=1e-6)
+    # chunked sampling gives the images of one batch; num_images_per_prompt repeats prompts in order
+    many = pipe(PROMPTS, num_images_per_prompt=3, seed=2, output_type="pt", **kw)
+    chunked = pipe(PROMPTS, num_images_per_prompt=3, seed=2, output_type="pt", batch_size=2, **kw)
+    assert many.shape == (6, 3, 8, 8)
+    torch.testing.assert_close(chunked, many, rtol=1e-5, atol=1e-6)
+    pil = pipe(PROMPTS, seed=2, **kw)
+    assert len(pil) == 2 and pil[0].size == (8, 8) and pil[0].mode == "RGB"
+    np_out = pipe(PROMPTS, seed=2, output_type="np", **kw)
+    assert np_out.shape == (2, 8, 8, 3)
+    with pytest.raises(ConfigError, match="latents must have shape"):
+        pipe(PROMPTS, latents=noise[:1], **kw)
+    with pytest.raises(ConfigError, match="one generator per image"):
+        pipe(PROMPTS, generator=gens[:1], **kw)
+    with pytest.raises(ConfigError, match="output_type"):
+        pipe(PROMPTS, output_type="jpeg", **kw)
+
+
+def test_save_pretrained_round_trip(pipe, ckpt, tmp_path):
+    """save_pretrained writes config.json + model.safetensors (no optimizer state) that from_pretrained reloads
+    to the same images; from_pretrained also accepts a training checkpoint."""
+    out = pipe.save_pretrained(tmp_path / "pre")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["format"] == "miro-pretrained" and cfg["reward_names"] == ["aesthetic", "pick"]
+    again = MiroPipeline.from_pretrained(out)
+    kw = dict(num_inference_steps=2, seed=3, output_type="pt")
+    torch.testing.assert_close(again(PROMPTS, **kw), pipe(PROMPTS, **kw), rtol=0, atol=0)
+    torch.testing.assert_close(MiroPipeline.from_pretrained(ckpt)(PROMPTS, **kw), pipe(PROMPTS, **kw), rtol=0, atol=0)
+    # a later save replaces the directory atomically and nothing else is left beside it
+    pipe.save_pretrained(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pre"]
+    with pytest.raises(CheckpointError, match="not a Hub repo id"):
+        MiroPipeline.from_pretrained(tmp_path / "missing" / "dir")
 
 
 def test_helpers():
@@ -84,7 +132,7 @@ def test_rin_backbone_trains_and_samples(tmp_path):
     r = train(cfg, tmp_path / "out", store=make_store(), progress=False)
     p = MiroPipeline.from_checkpoint(r.checkpoint_dir)
     assert p.model.stateful
-    img = p(PROMPTS, num_steps=2, seed=0, guidance_interval=(0.0, 0.6))
+    img = p(PROMPTS, num_inference_steps=2, seed=0, guidance_interval=(0.0, 0.6), output_type="pt")
     assert img.shape == (2, 3, 8, 8) and torch.isfinite(img).all()
     assert p.last_model_fn.rows == 2 * 4  # a stateful backbone keeps the 2B batch outside the interval
 

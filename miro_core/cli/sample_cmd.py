@@ -1,4 +1,5 @@
-"""``miro sample``: images from a checkpoint with multi-reward guidance; PNGs plus one JSON sidecar each."""
+"""``miro sample``: images from a checkpoint or a pretrained model (ours or an official MIRO release) with
+multi-reward guidance; PNGs plus one JSON sidecar each. Unset sampling settings follow the model's defaults."""
 
 from __future__ import annotations
 
@@ -43,21 +44,29 @@ class SampleCommand(Command):
     help = "generate images from a checkpoint with multi-reward classifier-free guidance"
 
     def add_arguments(self, parser):
-        parser.add_argument("--checkpoint", required=True, help="checkpoint dir, or a `miro train` --out dir (latest)")
+        src = parser.add_mutually_exclusive_group(required=True)
+        src.add_argument("--checkpoint", help="checkpoint dir, or a `miro train` --out dir (latest)")
+        src.add_argument("--pretrained", help="pretrained dir (save_pretrained / `miro convert`), an official MIRO "
+                                              "release dir, or a Hub repo id")
+        parser.add_argument("--text-encoder", help="with --pretrained: local text-encoder directory to use instead")
+        parser.add_argument("--vae", help="with --pretrained: local VAE directory to use instead")
         parser.add_argument("--prompt", action="append", required=True, help="text prompt (repeatable)")
         parser.add_argument("--target", action="append", metavar="NAME=LEVEL",
                             help="positive reward level in [0,1] (default 1.0 for every reward; repeatable)")
         parser.add_argument("--negative", action="append", metavar="NAME=LEVEL",
                             help="negative reward level in [0,1] (default 0.0; repeatable)")
-        parser.add_argument("--guidance", type=float, default=7.0, help="guidance scale w (default 7)")
-        parser.add_argument("--guidance-strategy", default="multi_reward_cfg", help="registered guidance strategy")
+        parser.add_argument("--guidance", type=float, help="guidance scale w (default: the model's, 7)")
+        parser.add_argument("--guidance-strategy", help="registered guidance strategy (default: the model's; "
+                                                        "multi_reward_cfg, or the text-dropping one for official models)")
         parser.add_argument("--guidance-interval", metavar="A,B", help="apply guidance only for t in [A, B]")
-        parser.add_argument("--drop-text-in-negative", action="store_true", help="negative branch uses the empty caption")
-        parser.add_argument("--steps", type=int, default=50, help="ODE steps (default 50)")
-        parser.add_argument("--solver", default="euler", help="euler (default) or heun")
-        parser.add_argument("--time-shift", type=float, default=1.0, help="time shift s (>1: more steps near noise)")
+        parser.add_argument("--drop-text-in-negative", action="store_true", default=None,
+                            help="negative branch uses the empty caption")
+        parser.add_argument("--steps", type=int, help="ODE steps (default: the model's, 50)")
+        parser.add_argument("--solver", help="euler (default) or heun")
+        parser.add_argument("--time-shift", type=float, help="time shift s (>1: more steps near noise; default 1)")
         parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
         parser.add_argument("--n", type=int, default=1, help="images per prompt (default 1)")
+        parser.add_argument("--batch-size", type=int, default=16, help="images sampled at once (default 16)")
         parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
         parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
         parser.add_argument("--out", required=True, help="output directory for PNGs and JSON sidecars")
@@ -69,41 +78,52 @@ class SampleCommand(Command):
 
         from ..flow import SOLVERS
         from ..sampling import MiroPipeline, resolve_targets, save_images
-        from ..training.checkpoint import read_checkpoint_meta
 
-        if args.n < 1 or args.steps < 1:
-            raise ConfigError("--n and --steps must be >= 1.")
-        if args.solver not in SOLVERS:
+        if args.n < 1 or (args.steps is not None and args.steps < 1) or args.batch_size < 1:
+            raise ConfigError("--n, --steps and --batch-size must be >= 1.")
+        if args.solver is not None and args.solver not in SOLVERS:
             raise ConfigError(f"Unknown solver {args.solver!r}; available: {', '.join(SOLVERS)}.")
-        if not math.isfinite(args.guidance):
+        if args.guidance is not None and not math.isfinite(args.guidance):
             raise ConfigError("--guidance must be a finite number.")
+        if args.checkpoint and (args.text_encoder or args.vae):
+            raise ConfigError("--text-encoder / --vae go with --pretrained; a checkpoint uses its own.")
         positive = parse_targets(args.target, "--target")
         negative = parse_targets(args.negative, "--negative")
-        path, meta = read_checkpoint_meta(args.checkpoint)
-        names = meta["reward_names"]
-        pos_levels = resolve_targets(names, positive, 1.0, "positive target")
-        neg_levels = resolve_targets(names, negative, 0.0, "negative target")
         interval = _interval(args.guidance_interval)
         device = args.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        pipe = MiroPipeline.from_checkpoint(path, device=device, use_ema=not args.no_ema)
-        prompts = [p for p in args.prompt for _ in range(args.n)]
-        images = pipe(prompts, reward_targets=positive, negative_reward_targets=negative, guidance_scale=args.guidance,
-                      guidance=args.guidance_strategy, num_steps=args.steps, solver=args.solver, seed=args.seed,
-                      guidance_interval=interval, drop_text_in_negative=args.drop_text_in_negative,
-                      time_shift=args.time_shift)
+        if args.checkpoint:
+            pipe = MiroPipeline.from_checkpoint(args.checkpoint, device=device, use_ema=not args.no_ema)
+        else:
+            pipe = MiroPipeline.from_pretrained(args.pretrained, text_encoder=args.text_encoder, vae=args.vae,
+                                                device=device)
+        names = list(pipe.reward_names)
+        pos_levels = resolve_targets(names, positive, 1.0, "positive target")
+        neg_levels = resolve_targets(names, negative, 0.0, "negative target")
+        settings = {
+            "guidance_scale": args.guidance, "guidance": args.guidance_strategy, "num_inference_steps": args.steps,
+            "solver": args.solver, "time_shift": args.time_shift, "drop_text_in_negative": args.drop_text_in_negative,
+        }
+        settings = {k: v for k, v in settings.items() if v is not None}
+        prompts = list(args.prompt)
+        images = pipe(prompts, reward_targets=positive, negative_reward_targets=negative, num_images_per_prompt=args.n,
+                      seed=args.seed, guidance_interval=interval, output_type="pt", batch_size=args.batch_size,
+                      **settings)
+        prompts = [p for p in prompts for _ in range(args.n)]
         out = Path(args.out)
         paths = save_images(images, out, prefix="sample")
+        resolved = {**{k: pipe.defaults[k] for k in ("guidance_scale", "guidance", "num_inference_steps", "solver",
+                                                     "time_shift", "drop_text_in_negative")}, **settings}
         params = {
-            "checkpoint": str(path), "step": meta["step"], "use_ema": not args.no_ema,
-            "reward_names": names, "binner": meta.get("binner"),
+            "source": str(args.checkpoint or args.pretrained), "step": pipe.metadata.get("step"),
+            "use_ema": not args.no_ema, "reward_names": names, "binner": pipe.metadata.get("binner"),
             "positive_targets": dict(zip(names, pos_levels)), "negative_targets": dict(zip(names, neg_levels)),
-            "guidance_scale": args.guidance, "guidance_strategy": args.guidance_strategy,
+            "guidance_scale": resolved["guidance_scale"], "guidance_strategy": resolved["guidance"],
             "guidance_interval": list(interval) if interval else None,
-            "drop_text_in_negative": args.drop_text_in_negative, "num_steps": args.steps, "solver": args.solver,
-            "time_shift": args.time_shift, "seed": args.seed, "batch_size": len(prompts), "device": str(device),
-            "image_size": pipe.image_size,
+            "drop_text_in_negative": resolved["drop_text_in_negative"], "num_steps": resolved["num_inference_steps"],
+            "solver": resolved["solver"], "time_shift": resolved["time_shift"], "seed": args.seed,
+            "batch_size": len(prompts), "device": str(device), "image_size": pipe.image_size,
         }
         for i, (p, prompt) in enumerate(zip(paths, prompts)):
             side = {**params, "prompt": prompt, "batch_index": i, "image": p.name}

@@ -1,6 +1,6 @@
 """``miro train``: train a reward-conditioned (or baseline) flow-matching model.
 
-Configuration precedence: defaults < ``--config FILE.toml`` < explicit flags (``--data``, ``--rewards``, ...)
+Configuration precedence: defaults < ``--recipe NAME`` < ``--config FILE.toml`` < explicit flags (``--data``, ``--rewards``, ...)
 < ``--set key.path=value`` (applied last, in order).
 """
 
@@ -19,11 +19,30 @@ from ..interfaces import Command
 log = logging.getLogger(__name__)
 
 
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def config_from_args(args: argparse.Namespace):
     """Build the resolved :class:`~miro_core.training.TrainConfig` from parsed arguments."""
     from ..training.config import TrainConfig
 
-    data: dict[str, Any] = load_toml(args.config) if args.config else {}
+    data: dict[str, Any] = {}
+    if getattr(args, "init_from", None):
+        # the architecture comes from the pretrained model (a recipe / config / --set may still override it)
+        from ..pretrained import read_pretrained
+
+        model_cfg, _, _ = read_pretrained(args.init_from)
+        data = {"model": model_cfg, "init_from": str(args.init_from)}
+    if getattr(args, "recipe", None):
+        from ..training.recipes import load_recipe
+
+        data = _merge(data, load_recipe(args.recipe))
+    if args.config:
+        data = _merge(data, load_toml(args.config))
     flags: dict[str, Any] = {}
     if args.data is not None:
         flags["data.spec"] = args.data
@@ -57,7 +76,10 @@ class TrainCommand(Command):
         parser.add_argument("--rewards", help="comma-separated rewards from the store, 'all', or 'none' (baseline)")
         parser.add_argument("--binner", help="binning of the store to condition on (default quantile)")
         parser.add_argument("--backbone", help="registered backbone name (default rin)")
+        parser.add_argument("--recipe", help="start from a named recipe (paper: the official MIRO recipe)")
         parser.add_argument("--config", help="TOML file mirroring TrainConfig ([model.backbone], [data], [optim], ...)")
+        parser.add_argument("--init-from", metavar="DIR",
+                            help="initialise the model from a pretrained directory (ours, official, or a checkpoint)")
         parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                             help="override one field, e.g. --set optim.lr=3e-4 (repeatable)")
         parser.add_argument("--out", required=True, help="output directory (checkpoints/, tb/, samples/)")
@@ -83,6 +105,10 @@ class TrainCommand(Command):
         result = train(cfg, args.out, progress=not args.no_progress, resume=args.resume)
         last = next((h for h in reversed(result.history) if "loss" in h), None)
         loss = f", final loss {last['loss']:.4f}" if last else ""
+        if result.init_report:
+            r = result.init_report
+            print(f"initialised from {r['source']}: rewards kept {', '.join(r['kept']) or '-'}; new (fresh tokens) "
+                  f"{', '.join(r['new']) or '-'}; not trained on {', '.join(r['dropped']) or '-'}")
         print(f"trained {result.step} steps{loss}; checkpoint: {result.checkpoint_dir}")
         return 0
 

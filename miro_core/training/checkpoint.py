@@ -228,7 +228,7 @@ def load_training_state(path: Path) -> dict[str, Any]:
 
 def load_for_inference(path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True):
     """Build a :class:`miro_core.sampling.MiroPipeline` from a checkpoint."""
-    from .._config import structure
+    from .._config import structure, unstructure
     from .._plugins import registry
     from ..model import build_model
     from ..sampling import MiroPipeline
@@ -252,6 +252,6 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu", use
     return MiroPipeline(
         model, text_encoder, autoencoder,
         reward_names=meta["reward_names"], image_size=info["image_size"], latent_shape=latent_shape,
-        device=device, binner_states=meta.get("binner_states"),
+        device=device, binner_states=meta.get("binner_states"), model_config=unstructure(cfg.model),
         metadata={"checkpoint": str(p), "step": meta["step"], "binner": meta.get("binner")},
     )

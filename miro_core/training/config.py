@@ -50,7 +50,11 @@ class DataConfig:
 
 @config
 class OptimConfig:
-    """Optimizer (AdamW, or LAMB), LR schedule (linear warmup + cosine decay), clipping and EMA."""
+    """Optimizer (AdamW, or LAMB), LR schedule (linear warmup + cosine decay), clipping and EMA.
+
+    Weight decay applies to every parameter except biases and norm layers. LAMB is the official release's
+    variant: weight decay added to the Adam step before the trust ratio (coupled L2), trust ratio
+    ``||w|| / ||step||`` only on the decayed group, bias-corrected moments."""
 
     name: Literal["adamw", "lamb"] = "adamw"
     lr: float = 1e-3
@@ -63,6 +67,10 @@ class OptimConfig:
     grad_clip: float = 2.0
     ema_decay: float = 0.9999
     ema_warmup: bool = True
+    #: cosine schedule ``(1 + cos(rate * pi * progress)) / 2``; the official recipe: 0.8
+    cosine_rate: float = 1.0
+    #: LAMB: apply the trust ratio to the non-decayed group too (the official recipe: only the decayed one)
+    lamb_trust_all_groups: bool = False
 
 
 @config
@@ -99,6 +107,9 @@ class TrainConfig:
     log_every: int = 10
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    #: initialise the model from a pretrained directory (ours, an official release, or a checkpoint); ignored
+    #: when resuming. Rewards the pretrained model knows keep their tokens; new rewards start fresh.
+    init_from: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         from .._config import unstructure

@@ -9,7 +9,7 @@ exactly on CPU, and a DDP run on W ranks see the same batch as a single process.
 
 from __future__ import annotations
 
-__all__ = ["TrainResult", "train", "batch_indices", "lr_factor", "make_optimizer"]
+__all__ = ["TrainResult", "train", "batch_indices", "lr_factor", "make_optimizer", "decay_parameter_names"]
 
 import contextlib
 import copy
@@ -29,7 +29,7 @@ import torch
 from .._config import structure, unstructure
 from .._errors import CheckpointError, ConfigError
 from .._plugins import registry
-from ..flow import flow_matching_loss, interpolate, sample_t
+from ..flow import flow_matching_loss, interpolate, sample_t, velocity_target
 from ..model import build_model
 from .checkpoint import (
     capture_rng,
@@ -57,6 +57,8 @@ class TrainResult:
     checkpoint_dir: Path
     step: int
     history: list[dict[str, Any]]
+    #: with ``init_from``: which rewards kept their pretrained tokens, which are new, which were dropped
+    init_report: dict[str, Any] | None = None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -92,27 +94,50 @@ def batch_indices(n: int, seed: int, step: int, batch_size: int) -> torch.Tensor
     return _Order(n, seed).rows(step * batch_size, batch_size)
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
-    """Linear warmup over ``warmup`` steps, then cosine decay to ``min_ratio`` at ``total`` (or constant)."""
+def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float, cosine_rate: float = 1.0) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine decay (or constant).
+
+    The cosine is ``min_ratio + (1 - min_ratio) * (1 + cos(rate * pi * progress)) / 2``: with ``rate = 1`` it ends
+    at ``min_ratio``; the official recipe uses ``rate = 0.8`` (it ends at 9.5 % of the peak).
+    """
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":
         return 1.0
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(cosine_rate * math.pi * progress))
+
+
+def _is_norm(module: torch.nn.Module) -> bool:
+    return isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.RMSNorm, torch.nn.Embedding)) or \
+        type(module).__name__.endswith("Norm")
+
+
+def decay_parameter_names(model: torch.nn.Module) -> set[str]:
+    """Names of the parameters that get weight decay: everything except biases and the parameters of norm
+    layers (LayerNorm / GroupNorm / RMSNorm / Embedding), as the official MIRO recipe groups them."""
+    excluded: set[str] = set()
+    for mname, module in model.named_modules():
+        if _is_norm(module):
+            excluded.update(f"{mname}.{p}" if mname else p for p, _ in module.named_parameters(recurse=False))
+    return {n for n, p in model.named_parameters() if p.requires_grad and n not in excluded and "bias" not in n}
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or LAMB; no weight decay on 1-D parameters (norm scales, biases, embeddings of size 1)."""
+    """AdamW or LAMB over two groups: decayed (:func:`decay_parameter_names`, plus the whole learned loss
+    weighting) and not decayed (biases, norms). LAMB applies its trust ratio to the decayed group only."""
     o = cfg.optim
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    decay_names = decay_parameter_names(model)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    in_decay = [n in decay_names or n.startswith("loss_weighting.") for n, _ in named]
+    groups = [{"params": [p for (_, p), d in zip(named, in_decay) if d], "weight_decay": o.weight_decay},
+              {"params": [p for (_, p), d in zip(named, in_decay) if not d], "weight_decay": 0.0}]
     if o.name == "adamw":
         return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
     if o.name == "lamb":
         from .lamb import Lamb
 
+        groups[0]["trust_ratio"], groups[1]["trust_ratio"] = True, o.lamb_trust_all_groups
         return Lamb(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
     raise ConfigError(f"Unknown optimizer {o.name!r}; use 'adamw' or 'lamb'.")
 
@@ -161,8 +186,11 @@ def _pad_tokens(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[
 class Batcher:
     """Draws the global batch of a step (rows, noise, times, dropout masks) and returns this rank's micro-batches."""
 
-    def __init__(self, data: TrainingData, cfg: TrainConfig, dist: DistInfo, device: torch.device):
+    def __init__(self, data: TrainingData, cfg: TrainConfig, dist: DistInfo, device: torch.device,
+                 uniforms: tuple[str, ...] = ()):
         self.data, self.cfg, self.dist, self.device = data, cfg, dist, device
+        #: per-sample uniforms the backbone asks for (``Backbone.train_uniforms``), drawn for the global batch
+        self.uniforms = tuple(uniforms)
         length = max(data.text_tokens.shape[1], data.empty_tokens.shape[1])
         self.tokens, self.mask = _pad_tokens(data.text_tokens, data.text_mask, length)
         self.empty_tokens, self.empty_mask = _pad_tokens(data.empty_tokens, data.empty_mask, length)
@@ -178,6 +206,7 @@ class Batcher:
         t = sample_t(b, kind=cfg.flow.time_sampling, mean=cfg.flow.logit_mean, std=cfg.flow.logit_std, generator=generator)
         cap_drop = torch.rand(b, generator=generator) < cfg.data.caption_dropout
         rew_drop = torch.rand(b, len(d.reward_names), generator=generator) < self.drop
+        draws = {name: torch.rand(b, generator=generator) for name in self.uniforms}
         per_rank = b // self.dist.world_size
         lo = self.dist.rank * per_rank
         out = []
@@ -191,23 +220,36 @@ class Batcher:
                 mask[cd] = self.empty_mask[0]
             levels = d.levels[r].clone()
             levels[rew_drop[s]] = float("nan")
-            batch = {"x": d.latents[r], "eps": eps[s], "t": t[s], "tokens": tokens, "mask": mask, "levels": levels}
+            batch = {"x": d.latents[r], "eps": eps[s], "t": t[s], "tokens": tokens, "mask": mask, "levels": levels,
+                     **{f"u_{name}": u[s] for name, u in draws.items()}}
             out.append({k: v.to(self.device, non_blocking=True) for k, v in batch.items()})
         return out
 
 
 def train_step(model, batches, optimizer, scheduler, ema, cfg: TrainConfig, device: torch.device, ddp: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step over the micro-batches; returns (mean loss, grad norm) as tensors (no host sync)."""
+    """One optimizer step over the micro-batches; returns (mean loss, grad norm) as tensors (no host sync).
+
+    The returned loss is the plain flow-matching MSE; with learned loss weighting the gradient comes from the
+    weighted objective ``l / exp(logvar) + logvar``."""
     total = torch.zeros((), device=device)
     n = len(batches)
+    weighting = (model.module if ddp else model).loss_weighting
     for i, b in enumerate(batches):
         sync = contextlib.nullcontext() if (not ddp or i == n - 1) else model.no_sync()
         with sync:
+            extra = {k[2:]: v for k, v in b.items() if k.startswith("u_")}
             with _autocast(device, cfg.precision):
                 x_t = interpolate(b["x"], b["eps"], b["t"])
-                v = model(x_t, b["t"], b["tokens"], b["mask"], b["levels"])
-            loss = flow_matching_loss(v, b["x"], b["eps"])
-            (loss / n).backward()
+                v = model(x_t, b["t"], b["tokens"], b["mask"], b["levels"], **extra)
+            if weighting is None:
+                loss = flow_matching_loss(v, b["x"], b["eps"])
+                objective = loss
+            else:
+                per_element = (v.float() - velocity_target(b["x"], b["eps"]).float()).pow(2)
+                loss = per_element.mean().detach()
+                with _autocast(device, cfg.precision):
+                    objective = weighting.weight(per_element, b["t"]).mean()
+            (objective / n).backward()
         total += loss.detach() / n
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
     params = [p for p in model.parameters() if p.grad is not None]
@@ -322,12 +364,20 @@ def _train(cfg, out: Path, dist: DistInfo, device: torch.device, eval_fn, progre
     # -- model, optimizer, EMA ------------------------------------------------------------------------
     torch.manual_seed(cfg.seed)
     c, h, _w = data.latent_shape
-    model = build_model(cfg.model, data.reward_names, data.text_dim, c, h).to(device)
+    model = build_model(cfg.model, data.reward_names, data.text_dim, c, h)
+    init_report = None
+    if cfg.init_from and resume_from is None:
+        from ..pretrained import init_from_pretrained
+
+        init_report = init_from_pretrained(model, list(data.reward_names), cfg.init_from)
+        if dist.is_main:
+            (out / "init_report.json").write_text(json.dumps(init_report, indent=2))
+    model = model.to(device)
     ema = EMA(model, cfg.optim.ema_decay, cfg.optim.ema_warmup)
     optimizer = make_optimizer(model, cfg)
     o = cfg.optim
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, cfg.steps, o.warmup_steps, o.schedule, o.min_lr_ratio)
+        optimizer, lambda s: lr_factor(s, cfg.steps, o.warmup_steps, o.schedule, o.min_lr_ratio, o.cosine_rate)
     )
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     start = 0
@@ -352,7 +402,7 @@ def _train(cfg, out: Path, dist: DistInfo, device: torch.device, eval_fn, progre
         # unused parameters are normal here: empty register banks, self-conditioning paths taken on some steps
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                       find_unused_parameters=True)
-    batcher = Batcher(data, cfg, dist, device)
+    batcher = Batcher(data, cfg, dist, device, uniforms=model.train_uniforms)
 
     meta = {
         "train_config": unstructure(cfg),
@@ -385,7 +435,7 @@ def _train(cfg, out: Path, dist: DistInfo, device: torch.device, eval_fn, progre
         ema.copy_to(ema_model)
         return MiroPipeline(ema_model, text_encoder, autoencoder, reward_names=data.reward_names,
                             image_size=cfg.data.image_size, latent_shape=data.latent_shape, device=device,
-                            binner_states=data.binner_states)
+                            binner_states=data.binner_states, model_config=unstructure(cfg.model))
 
     def checkpoint(step: int) -> Path:
         state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -438,7 +488,8 @@ def _train(cfg, out: Path, dist: DistInfo, device: torch.device, eval_fn, progre
         writer.close()
     if last_ckpt is None:  # resumed at or past the final step: nothing new to save
         last_ckpt = ckpt_root / f"step_{cfg.steps:08d}"
-    return TrainResult(checkpoint_dir=ckpt_root / Path(last_ckpt).name, step=max(start, cfg.steps), history=history)
+    return TrainResult(checkpoint_dir=ckpt_root / Path(last_ckpt).name, step=max(start, cfg.steps), history=history,
+                       init_report=init_report)
 
 
 def _sample_grid(pipe, cfg: TrainConfig, data: TrainingData, out: Path, step: int, writer) -> None:
@@ -447,7 +498,7 @@ def _sample_grid(pipe, cfg: TrainConfig, data: TrainingData, out: Path, step: in
     prompts = list(cfg.sample.prompts) or data.captions[:4]
     s = cfg.sample
     images = pipe(prompts, guidance_scale=s.guidance_scale, guidance=s.guidance if data.reward_names else "none",
-                  num_steps=s.num_steps, solver=s.solver, seed=s.seed)
+                  num_inference_steps=s.num_steps, solver=s.solver, seed=s.seed, output_type="pt")
     grid = image_grid(images)
     if writer is not None:
         writer.add_image("samples", grid, step)
