@@ -185,10 +185,9 @@ class _ModelFn:
 
 
 def as_generate(obj: Any) -> Any:
-    """The ``generate(prompts, **kwargs) -> images [B,3,H,W]`` callable of a pipeline (its ``generate`` method),
-    or ``obj`` itself when it is already such a callable (evaluators accept both)."""
-    fn = getattr(obj, "generate", None)
-    return fn if callable(fn) else obj
+    """The ``generate(prompts, **kwargs) -> images [B,3,H,W]`` callable of a :class:`MiroPipeline` (its
+    ``generate`` method: ``__call__`` returns PIL images by default), or ``obj`` itself for any other callable."""
+    return obj.generate if isinstance(obj, MiroPipeline) else obj
 
 
 def _initial_noise(n: int, shape: tuple[int, ...], generator: Any, seed: int | None) -> torch.Tensor:

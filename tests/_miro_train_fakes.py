@@ -168,7 +168,7 @@ def miro_register_data_sources(register):
     register(ShapesSource)
 
 
-def make_host(with_rin: bool = False, with_binner: bool = False) -> PluginHost:
+def make_host(with_rin: bool = False, with_binner: bool = False, extra: tuple[str, ...] = ()) -> PluginHost:
     import importlib
     import sys
 
@@ -185,6 +185,7 @@ def make_host(with_rin: bool = False, with_binner: bool = False) -> PluginHost:
         mods.append("miro_models.backbones.rin")
     if with_binner:
         mods.append("miro_rewards.binning.quantile")
+    mods.extend(extra)
     plugins = [(importlib.import_module(m), m) for m in mods]
     plugins.append((sys.modules[__name__], "test_fakes"))
     return PluginHost(load_entrypoints=False, extra_plugins=plugins)

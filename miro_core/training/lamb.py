@@ -49,6 +49,7 @@ class Lamb(Optimizer):
                 if adapt:
                     w_norm, u_norm = p.float().norm(), update.norm()
                     trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
-                    update = update * trust
-                p.add_(update.to(p.dtype), alpha=-group["lr"])
+                    p.add_((update * (-group["lr"] * trust)).to(p.dtype))  # (lr * r) first, as the release
+                else:
+                    p.add_(update.to(p.dtype), alpha=-group["lr"])
         return loss
