@@ -50,16 +50,19 @@ class DecodedBatches(torch.utils.data.IterableDataset):
     decodes only its own batches (reading a caption is all it does for the others' samples); a batch arrives
     ready to score: ``rows`` (int64 array), ``captions``, ``short_captions``, ``errors`` (``{position:
     reason}`` of undecodable images) and ``groups``: ``[(positions, float32 [b, 3, H, W])]`` per image size.
+    With ``keep_uint8``, ``groups_u8`` holds, per group, the decoded 8-bit images as uint8 ``[b, 3, H, W]`` (None
+    for a group with float inputs): rewards with ``accepts_uint8`` get those bytes instead of a float round trip.
     """
 
     def __init__(self, source: DataSource, index: Mapping[str, int], wanted: set[int] | np.ndarray,
-                 batch_size: int, limit: int | None):
+                 batch_size: int, limit: int | None, keep_uint8: bool = False):
         super().__init__()
         self.source = source
         self.index = index
         self.wanted = wanted
         self.batch_size = batch_size
         self.limit = limit
+        self.keep_uint8 = keep_uint8
 
     def _wanted_fn(self):
         w = self.wanted
@@ -91,7 +94,7 @@ class DecodedBatches(torch.utils.data.IterableDataset):
             yield buf
 
     @staticmethod
-    def _batch(items) -> dict[str, Any]:
+    def _batch(items, keep_uint8: bool = False) -> dict[str, Any]:
         from .data._decode import decode_raw, image_size, stack_images
 
         errors: dict[int, str] = {}
@@ -104,7 +107,7 @@ class DecodedBatches(torch.utils.data.IterableDataset):
                 groups.setdefault(image_size(raw), []).append(i)
             except Exception as exc:  # noqa: BLE001 - any decode problem is a per-sample failure
                 errors[i] = f"image decode failed: {type(exc).__name__}: {exc}"
-        return {
+        out = {
             "rows": np.fromiter((r for r, _ in items), dtype=np.int64, count=len(items)),
             "captions": [s.caption or "" for _, s in items],
             "short_captions": [s.short_caption for _, s in items],
@@ -112,10 +115,24 @@ class DecodedBatches(torch.utils.data.IterableDataset):
             "groups": [(np.asarray(idx, dtype=np.int64), stack_images([raws[i] for i in idx]))
                        for idx in groups.values()],
         }
+        if keep_uint8:
+            out["groups_u8"] = [_stack_uint8([raws[i] for i in idx]) for idx in groups.values()]
+        return out
 
     def __iter__(self):
         for items in self._batches_of_items():
-            yield self._batch(items)
+            yield self._batch(items, self.keep_uint8)
+
+
+def _stack_uint8(raws: list) -> torch.Tensor | None:
+    """Same-size decoded uint8 ``[H, W, 3]`` images -> uint8 ``[b, 3, H, W]``; None if any input was float."""
+    if not all(isinstance(r, np.ndarray) for r in raws):
+        return None
+    h, w = raws[0].shape[:2]
+    u8 = np.empty((len(raws), 3, h, w), np.uint8)
+    for i, r in enumerate(raws):
+        u8[i] = r.transpose(2, 0, 1)
+    return torch.from_numpy(u8)
 
 
 def _identity(x):
@@ -397,6 +414,7 @@ class _Scorer:
         self.dev = torch.device(device)
         self.non_blocking = self.dev.type == "cuda"
         self.pickers = {name: _PromptPicker(r) for name, r in rewards.items()}
+        self.uint8 = {name: bool(getattr(r, "accepts_uint8", False)) for name, r in rewards.items()}
         self.stats = {r: {"scored": 0, "failed": 0, "truncated": 0, "short_caption": 0} for r in rewards}
         self.successes = dict.fromkeys(rewards, 0)
         self.failed = STATUS["failed"]
@@ -435,10 +453,13 @@ class _Scorer:
                     codes[i] = self.failed
                     why[i] = reason
             st = self.stats[name]
-            for idx, imgs in batch["groups"]:
+            groups_u8 = batch.get("groups_u8")
+            for g, (idx, imgs) in enumerate(batch["groups"]):
                 sel = todo[idx]
                 if not sel.any():
                     continue
+                if self.uint8[name] and groups_u8 is not None and groups_u8[g] is not None:
+                    imgs = groups_u8[g]  # the decoded bytes themselves (the reward's reference starts from them)
                 members = idx if sel.all() else idx[sel]
                 group_imgs = imgs if members is idx else imgs[torch.from_numpy(np.flatnonzero(sel))]
                 prompts, pcodes = self.pickers[name].pick(batch["captions"], batch["short_captions"], members)
@@ -570,7 +591,8 @@ def score_dataset(
         ok, err = True, None
         try:
             if n_wanted:
-                dataset = DecodedBatches(source, store.id_index(), wanted, batch_size, limit)
+                dataset = DecodedBatches(source, store.id_index(), wanted, batch_size, limit,
+                                         keep_uint8=any(scorer.uint8.values()))
                 loader = torch.utils.data.DataLoader(
                     dataset, batch_size=None, num_workers=workers, collate_fn=_identity,
                     prefetch_factor=4 if workers > 0 else None, persistent_workers=False,
