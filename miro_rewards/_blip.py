@@ -23,12 +23,15 @@ __all__ = [
 
 import math
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 import torch
 
 from miro_core import MiroError
+
+from ._weights import LEGACY_BUFFER_NAMES, WeightsError, legacy_buffer_problem
 
 from ._heads import PreferenceMLP
 
@@ -67,9 +70,13 @@ _TEXT_MAP: list[tuple[str, str]] = [
     (r"encoder\.layer\.(\d+)\.intermediate\.dense\.(weight|bias)", r"encoder.layer.\1.intermediate.dense.\2"),
     (r"encoder\.layer\.(\d+)\.output\.(dense|LayerNorm)\.(weight|bias)", r"encoder.layer.\1.output.\2.\3"),
 ]
-# Original keys that ImageReward's scoring path never uses (buffers, pretraining projections).
-_TEXT_IGNORED = re.compile(r"embeddings\.position_ids|pooler\..*")
-_OTHER_IGNORED = re.compile(r"blip\.(vision_proj|text_proj|itm_head|visual_encoder_m|text_encoder_m|.*_queue|queue_ptr|temp).*")
+# Parameters of THUDM's ``ImageReward`` module that its ``score`` never uses (BLIP's contrastive projections):
+# present in the real file, loaded by the reference, skipped here.
+_UNUSED = re.compile(r"blip\.(vision_proj|text_proj)\.(weight|bias)")
+#: Why a key was ignored (values of the ``ignored`` report).
+REASON_LEGACY = "legacy buffer with its deterministic content, recomputed by the model"
+REASON_UNUSED = "unused by ImageReward.score (BLIP's vision_proj / text_proj)"
+REASON_OPTION = "matched the ignore_keys option"
 
 # MLP head: nn.Sequential(Linear, Dropout, Linear, Dropout, Linear, Dropout, Linear, Linear), no activations.
 _MLP_LINEAR_INDICES = (0, 2, 4, 6, 7)
@@ -113,44 +120,55 @@ def vision_geometry(state_dict: dict[str, torch.Tensor]) -> VisionGeometry:
     return VisionGeometry(width=width, depth=depth, patch_size=patch, image_size=grid * patch, mlp_dim=mlp_dim)
 
 
-def convert_imagereward_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """Split an original-format ``ImageReward.pt`` state dict into ``{"vision", "text", "mlp"}`` state dicts.
+def convert_imagereward_state_dict(state_dict: dict[str, torch.Tensor],
+                                   ignore_keys: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """Split an original-format ``ImageReward.pt`` state dict into ``{"vision", "text", "mlp"}`` state dicts,
+    plus ``"ignored"``: ``{key: reason}`` of the tensors deliberately not loaded.
 
     ``vision`` uses :class:`transformers.BlipVisionModel` names, ``text`` :class:`transformers.BlipTextModel`
-    names and ``mlp`` the names of :class:`ImageRewardMLP`. Unknown keys raise :class:`MiroError`.
-    """
-    out: dict[str, dict[str, torch.Tensor]] = {"vision": {}, "text": {}, "mlp": {}}
+    names and ``mlp`` the names of :class:`ImageRewardMLP`. Tolerated without a target: legacy buffers
+    (``position_ids`` / ``token_type_ids`` holding their deterministic content: older BLIP / transformers
+    versions saved them, newer ones recompute them), BLIP's unused ``vision_proj`` / ``text_proj``, and keys
+    matching a regular expression of ``ignore_keys`` (an explicit user decision). Any other key raises
+    :class:`~miro_rewards._weights.WeightsError` naming it (the reference loads with ``strict=False`` and would
+    silently drop it)."""
+
+    patterns = [re.compile(p) for p in ignore_keys]
+    out: dict[str, dict[str, Any]] = {"vision": {}, "text": {}, "mlp": {}, "ignored": {}}
     unknown: list[str] = []
     for key, value in state_dict.items():
+        new = None
         if key.startswith(VISION_PREFIX):
             new = _map_key(key[len(VISION_PREFIX):], _VISION_MAP)
-            if new is None:
-                unknown.append(key)
-            else:
-                out["vision"][new] = value
+            part = "vision"
         elif key.startswith(TEXT_PREFIX):
-            sub = key[len(TEXT_PREFIX):]
-            if _TEXT_IGNORED.fullmatch(sub):
-                continue
-            new = _map_key(sub, _TEXT_MAP)
-            if new is None:
-                unknown.append(key)
-            else:
-                out["text"][new] = value
+            new = _map_key(key[len(TEXT_PREFIX):], _TEXT_MAP)
+            part = "text"
         elif key.startswith(MLP_PREFIX):
             m = re.fullmatch(re.escape(MLP_PREFIX) + r"(\d+)\.(weight|bias)", key)
-            if m is None or int(m.group(1)) not in _MLP_LINEAR_INDICES:
-                unknown.append(key)
-            else:
-                out["mlp"][f"layers.{m.group(1)}.{m.group(2)}"] = value
-        elif _OTHER_IGNORED.fullmatch(key):
-            continue
+            if m is not None and int(m.group(1)) in _MLP_LINEAR_INDICES:
+                new = f"layers.{m.group(1)}.{m.group(2)}"
+            part = "mlp"
+        if new is not None:
+            out[part][new] = value
+        elif key.rsplit(".", 1)[-1] in LEGACY_BUFFER_NAMES and key.startswith((VISION_PREFIX, TEXT_PREFIX)):
+            problem = legacy_buffer_problem(key, value)
+            if problem is not None:
+                raise WeightsError(f"The ImageReward checkpoint has a tensor {key!r} {problem}; re-download ImageReward.pt.")
+            out["ignored"][key] = REASON_LEGACY
+        elif _UNUSED.fullmatch(key):
+            out["ignored"][key] = REASON_UNUSED
+        elif any(p.fullmatch(key) for p in patterns):
+            out["ignored"][key] = REASON_OPTION
         else:
             unknown.append(key)
     if unknown:
-        raise MiroError(
-            f"The ImageReward checkpoint has {len(unknown)} parameter(s) this loader does not know, e.g. "
-            f"{unknown[:3]}; it is not THUDM's ImageReward.pt. Use the original file from the THUDM/ImageReward repo."
+        shown = ", ".join(unknown[:6]) + (f" and {len(unknown) - 6} more" if len(unknown) > 6 else "")
+        raise WeightsError(
+            f"The ImageReward checkpoint has {len(unknown)} tensor(s) this loader does not know: {shown}. It is not "
+            "THUDM's ImageReward.pt, or it carries extra modules. Use the original file from the THUDM/ImageReward "
+            "repository; if you know these tensors are unused, list regular expressions matching them in the "
+            "image_reward option `ignore_keys`."
         )
     return out
 

@@ -1,15 +1,27 @@
-"""Shared infrastructure of the CLIP-family rewards: tensor preprocessing and the transformers CLIP base.
+"""Shared infrastructure of the CLIP-family rewards: image preprocessing and the transformers CLIP base.
 
-Preprocessing runs on float tensors ``[B, 3, H, W]`` in ``[0, 1]``, batched, on the reward's device; it
-mirrors the reference pipelines (PIL / torchvision on uint8 images) up to resampling rounding:
+Preprocessing (:class:`ClipImageTransform`) takes ``[B, 3, H, W]`` images, uint8 or float in [0, 1], and
+reproduces the reference pipelines:
 
-* ``crop`` mode (OpenAI CLIP, transformers ``CLIPImageProcessor``): resize the shortest side to ``size``
-  (the long side to ``int(size * long / short)``), bicubic with antialiasing, clamp to [0, 1] (as the
-  uint8 round trip does), centre crop ``crop_size`` (top = ``int((H - h) / 2)``), normalise.
+* ``crop`` mode (OpenAI CLIP ``_transform``, ImageReward, transformers ``CLIPImageProcessor``): resize the
+  shortest side to ``size`` (the long side to ``int(size * long / short)``), centre crop ``crop_size`` with the
+  reference's offset rounding (``crop_rounding``: ``"half_even"`` for torchvision ``CenterCrop``, ``"floor"``
+  for transformers), normalise.
 * ``pad`` mode (HPSv2's ``ResizeMaxSize``): resize the longest side to ``size`` (the short side to
-  ``round(short * size / long)``), bicubic with antialiasing, clamp, zero-pad to a square with the extra
-  pixel on the bottom/right, normalise. The padding is 0 in [0, 1] pixel space (black), i.e.
-  ``-mean/std`` after normalisation, exactly as the reference pads the PIL image before ``ToTensor``.
+  ``round(short * size / long)``), zero-pad to a square (left/top ``pad // 2``, the extra pixel bottom/right),
+  normalise. The padding is 0 in [0, 1] pixel space (black), i.e. ``-mean/std`` after normalisation.
+
+``backend`` chooses how the resize is computed:
+
+* ``"pil"``: the 8-bit image resized by PIL on the CPU, cropped in 8 bit, then ``/ 255`` and normalised: the
+  path of torchvision ``Resize`` on PIL images and of transformers' PIL image processors, bit-identical to them;
+* ``"torch_cpu"``: float32 torch (bicubic with antialiasing) on the CPU, no rounding to 8 bit; this *is* the
+  HPSv2 reference (its ``ToTensor`` runs before ``ResizeMaxSize``);
+* ``"torch_device"``: the same on the reward's device (batched, fast; on a GPU float results can differ from
+  the CPU in the last bits).
+
+With the torch backends, ``clamp`` clips the resized pixels to [0, 1] as 8-bit images are clipped (for the
+``crop`` rewards, whose references are 8 bit); HPSv2's reference never clamps.
 """
 
 from __future__ import annotations
@@ -18,16 +30,20 @@ __all__ = [
     "OPENAI_CLIP_MEAN",
     "OPENAI_CLIP_STD",
     "CLIP_MAX_TOKENS",
+    "BACKENDS",
+    "PREPROCESS_MODES",
     "ClipImageTransform",
     "resize_shortest_center_crop",
     "resize_longest_pad",
     "normalize",
     "check_inputs",
+    "check_preprocess",
     "chunks",
     "torch_dtype",
     "features",
     "l2_normalize",
     "dist_version",
+    "openai_fp16_",
     "HFClipReward",
 ]
 
@@ -38,10 +54,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import attrs
+import numpy as np
 import torch
 
 from miro_core import ConfigError, MiroError, Reward
 
+from . import _pixels
 from ._weights import WeightSource, check_loading_info, check_model_config, locate, snapshot_revision
 
 log = logging.getLogger(__name__)
@@ -50,6 +68,10 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 #: Context length of CLIP text encoders (start and end tokens included).
 CLIP_MAX_TOKENS = 77
+#: ClipImageTransform backends (module doc).
+BACKENDS = ("pil", "torch_cpu", "torch_device")
+#: Values of the rewards' ``preprocess`` option: the reference's exact pipeline, or the batched on-device one.
+PREPROCESS_MODES = ("original", "fast")
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -62,6 +84,16 @@ def torch_dtype(name: str) -> torch.dtype:
         raise ConfigError(f"dtype {name!r} is not supported; use one of {', '.join(_DTYPES)}.") from None
 
 
+def check_preprocess(value: str, reward: str) -> str:
+    """Validate a reward's ``preprocess`` option."""
+    if value not in PREPROCESS_MODES:
+        raise ConfigError(
+            f"Reward {reward}: preprocess {value!r} is not one of {', '.join(PREPROCESS_MODES)} (original = the reference "
+            "implementation's exact pipeline, fast = batched torch resizing on the reward's device)."
+        )
+    return value
+
+
 def _interp(name: str):
     from torchvision.transforms import InterpolationMode
 
@@ -72,37 +104,39 @@ def _interp(name: str):
         raise ConfigError(f"interpolation {name!r} is not supported; use bicubic or bilinear.") from None
 
 
-def _resize(images: torch.Tensor, hw: tuple[int, int], interpolation: str) -> torch.Tensor:
+def _resize(images: torch.Tensor, hw: tuple[int, int], interpolation: str, clamp: bool) -> torch.Tensor:
     from torchvision.transforms.v2 import functional as tvF
 
     if tuple(images.shape[-2:]) == tuple(hw):
         return images
     out = tvF.resize(images, list(hw), interpolation=_interp(interpolation), antialias=True)
-    return out.clamp_(0.0, 1.0)
+    return out.clamp_(0.0, 1.0) if clamp else out
+
+
+def _check_crop(ch: int, cw: int, oh: int, ow: int) -> None:
+    if ch > oh or cw > ow:
+        raise MiroError(f"centre crop {ch}x{cw} is larger than the resized image {oh}x{ow}; check the processor sizes.")
 
 
 def resize_shortest_center_crop(images: torch.Tensor, size: int, crop_size: tuple[int, int] | None = None,
-                                interpolation: str = "bicubic") -> torch.Tensor:
-    """Shortest side to ``size``, then centre crop ``crop_size`` (default ``size x size``)."""
+                                interpolation: str = "bicubic", crop_rounding: str = "half_even",
+                                clamp: bool = True) -> torch.Tensor:
+    """Float tensors: shortest side to ``size``, then centre crop ``crop_size`` (default ``size x size``)."""
     h, w = images.shape[-2:]
-    short, long = (h, w) if h <= w else (w, h)
-    new_short, new_long = size, int(size * long / short)
-    new_hw = (new_short, new_long) if h <= w else (new_long, new_short)
-    out = _resize(images, new_hw, interpolation)
+    out = _resize(images, _pixels.shortest_side_size(h, w, size), interpolation, clamp)
     ch, cw = crop_size or (size, size)
     oh, ow = out.shape[-2:]
-    if ch > oh or cw > ow:
-        raise MiroError(f"centre crop {ch}x{cw} is larger than the resized image {oh}x{ow}; check the processor sizes.")
-    top, left = int((oh - ch) / 2.0), int((ow - cw) / 2.0)
+    _check_crop(ch, cw, oh, ow)
+    top, left = _pixels.crop_offset(oh, ch, crop_rounding), _pixels.crop_offset(ow, cw, crop_rounding)
     return out[..., top : top + ch, left : left + cw]
 
 
-def resize_longest_pad(images: torch.Tensor, size: int, fill: float = 0.0, interpolation: str = "bicubic") -> torch.Tensor:
-    """Longest side to ``size``, then pad to ``size x size`` with ``fill`` (pixel space), centred."""
+def resize_longest_pad(images: torch.Tensor, size: int, fill: float = 0.0, interpolation: str = "bicubic",
+                       clamp: bool = False) -> torch.Tensor:
+    """Float tensors: longest side to ``size``, then pad to ``size x size`` with ``fill`` (pixel space), centred."""
     h, w = images.shape[-2:]
-    scale = size / max(h, w)
-    new_hw = (max(1, round(h * scale)), max(1, round(w * scale)))
-    out = _resize(images, new_hw, interpolation)
+    new_hw = _pixels.longest_side_size(h, w, size)
+    out = _resize(images, new_hw, interpolation, clamp)
     pad_h, pad_w = size - new_hw[0], size - new_hw[1]
     if pad_h or pad_w:
         pad = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)  # left, right, top, bottom
@@ -118,9 +152,9 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
 
 @attrs.frozen(kw_only=True)
 class ClipImageTransform:
-    """Batched tensor preprocessing: ``mode`` ``crop`` (shortest side + centre crop) or ``pad`` (longest side
-    + zero pad), then mean/std normalisation. Resizing runs in float32 on ``device``; the result is cast to
-    ``dtype``."""
+    """Batched preprocessing: ``mode`` ``crop`` (shortest side + centre crop) or ``pad`` (longest side + zero
+    pad), then mean/std normalisation, computed by ``backend`` (module doc). The result is cast to ``dtype`` on
+    ``device``."""
 
     mode: str = "crop"
     size: int = 224
@@ -128,20 +162,58 @@ class ClipImageTransform:
     mean: tuple[float, ...] = OPENAI_CLIP_MEAN
     std: tuple[float, ...] = OPENAI_CLIP_STD
     interpolation: str = "bicubic"
+    #: ``"half_even"`` (torchvision ``CenterCrop``) or ``"floor"`` (transformers ``CLIPImageProcessor``).
+    crop_rounding: str = "half_even"
+    backend: str = "pil"
+    #: Torch backends only: clip resized pixels to [0, 1] (8-bit references clip; HPSv2 does not).
+    clamp: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if self.mode not in ("crop", "pad"):
+            raise ConfigError(f"preprocessing mode {self.mode!r} is not one of crop, pad.")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"preprocessing backend {self.backend!r} is not one of {', '.join(BACKENDS)}.")
+        if self.crop_rounding not in _pixels.CROP_ROUNDINGS:
+            raise ConfigError(f"crop rounding {self.crop_rounding!r} is not one of {', '.join(_pixels.CROP_ROUNDINGS)}.")
+        _interp(self.interpolation)
 
     def __call__(self, images: torch.Tensor, *, device: Any = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        x = images.to(device=device, dtype=torch.float32)
-        if self.mode == "crop":
-            x = resize_shortest_center_crop(x, self.size, self.crop_size, self.interpolation)
-        elif self.mode == "pad":
-            x = resize_longest_pad(x, self.size, 0.0, self.interpolation)
+        if self.backend == "pil":
+            x = self._pil(images)
         else:
-            raise ConfigError(f"preprocessing mode {self.mode!r} is not one of crop, pad.")
-        return normalize(x, self.mean, self.std).to(dtype)
+            x = self._torch(_pixels.as_float(images, "cpu" if self.backend == "torch_cpu" else device))
+        return normalize(x, self.mean, self.std).to(device=device, dtype=dtype)
+
+    def _torch(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "crop":
+            return resize_shortest_center_crop(x, self.size, self.crop_size, self.interpolation, self.crop_rounding, self.clamp)
+        return resize_longest_pad(x, self.size, 0.0, self.interpolation, self.clamp)
+
+    def _pil(self, images: torch.Tensor) -> torch.Tensor:
+        """8-bit path: uint8 image -> PIL resize -> crop / pad in uint8 -> float32 ``/ 255`` (CPU)."""
+        arr = _pixels.as_uint8_hwc(images)
+        h, w = arr.shape[1:3]
+        if self.mode == "crop":
+            arr = _pixels.pil_resize_batch(arr, _pixels.shortest_side_size(h, w, self.size), self.interpolation)
+            ch, cw = self.crop_size
+            oh, ow = arr.shape[1:3]
+            _check_crop(ch, cw, oh, ow)
+            top, left = _pixels.crop_offset(oh, ch, self.crop_rounding), _pixels.crop_offset(ow, cw, self.crop_rounding)
+            arr = arr[:, top : top + ch, left : left + cw]
+        else:
+            new_hw = _pixels.longest_side_size(h, w, self.size)
+            arr = _pixels.pil_resize_batch(arr, new_hw, self.interpolation)
+            pad_h, pad_w = self.size - new_hw[0], self.size - new_hw[1]
+            arr = np.pad(arr, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+        return _pixels.u8_hwc_to_float(arr)
 
     @classmethod
-    def from_hf_processor(cls, proc: Any) -> ClipImageTransform:
-        """The equivalent transform of a transformers ``CLIPImageProcessor`` (its sizes, mean, std, resample)."""
+    def from_hf_processor(cls, proc: Any, *, backend: str = "pil", crop_rounding: str = "floor") -> ClipImageTransform:
+        """The equivalent transform of a transformers ``CLIPImageProcessor`` (its sizes, mean, std, resample).
+
+        ``crop_rounding="floor"`` is the processor's own rule (``(H - h) // 2``, in both its PIL and torchvision
+        backends); ``backend="pil"`` reproduces the PIL backend (the slow processor of transformers 4, which the
+        reference scripts ran), bit for bit."""
         from transformers.image_utils import PILImageResampling
 
         size = proc.size
@@ -162,16 +234,19 @@ class ClipImageTransform:
         if interp is None:
             raise MiroError(f"image processor resample mode {resample!r} is not supported (bicubic or bilinear).")
         return cls(mode="crop", size=int(shortest), crop_size=(int(ch), int(cw)), mean=tuple(float(v) for v in proc.image_mean),
-                   std=tuple(float(v) for v in proc.image_std), interpolation=interp)
+                   std=tuple(float(v) for v in proc.image_std), interpolation=interp, crop_rounding=crop_rounding,
+                   backend=backend, clamp=True)
 
 
 def check_inputs(images: torch.Tensor, prompts: Sequence[str], reward: str) -> None:
-    """Validate the ``score`` arguments (interface contract)."""
+    """Validate the ``score`` arguments: ``[B, 3, H, W]`` float in [0, 1] or uint8, one prompt per image."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise MiroError(f"Reward {reward}: images must be a float tensor [B, 3, H, W] in [0, 1] RGB, got {shape}.")
-    if not images.is_floating_point():
-        raise MiroError(f"Reward {reward}: images must be floating point in [0, 1], got {images.dtype}; divide uint8 by 255.")
+        raise MiroError(f"Reward {reward}: images must be a tensor [B, 3, H, W] (float in [0, 1] or uint8) RGB, got {shape}.")
+    if not (images.is_floating_point() or images.dtype == torch.uint8):
+        raise MiroError(f"Reward {reward}: images must be float in [0, 1] or uint8 in [0, 255], got {images.dtype}.")
+    if images.shape[0] and (images.shape[-1] < 1 or images.shape[-2] < 1):
+        raise MiroError(f"Reward {reward}: empty images of size {tuple(images.shape[-2:])}; every image needs pixels.")
     if len(prompts) != images.shape[0]:
         raise MiroError(f"Reward {reward}: got {images.shape[0]} images but {len(prompts)} prompts; pass one caption per image.")
 
@@ -207,13 +282,44 @@ def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
+def _fp32_layer_norm(ln: torch.nn.LayerNorm) -> None:
+    forward = ln.forward
+
+    def fp32_forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return forward(x.float(), *args, **kwargs).to(x.dtype)
+
+    ln.float()
+    ln.forward = fp32_forward  # type: ignore[method-assign]
+
+
+def openai_fp16_(model: torch.nn.Module) -> torch.nn.Module:
+    """OpenAI ``clip``'s CUDA precision on a transformers CLIP model, in place.
+
+    ``clip.load`` on CUDA converts the Linear / Conv / attention weights and the projections to float16 and feeds
+    float16 pixels; the class and position embeddings are cast to float16 where they are added; its
+    ``LayerNorm`` subclass keeps float32 weights and normalises in float32 before casting back. This mirrors
+    that: everything float16 except the LayerNorms, which run in float32 on an upcast input and return the
+    input's dtype. (An emulation of the numerics, not bit parity: kernels differ between the libraries.)"""
+    model.half()
+    for module in model.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            _fp32_layer_norm(module)
+    return model
+
+
 class HFClipReward(Reward, abc.ABC):
     """A transformers ``CLIPModel`` reward: cosine of L2-normalised image and text embeddings, mapped by
     :meth:`formula`. Subclasses define ``name``, ``Config`` (fields: ``model_id``, ``revision``,
-    ``model_path``, ``processor_id``, ``processor_revision``, ``processor_path``, ``cache_dir``, ``dtype``,
-    ``batch_size``) and the formula."""
+    ``model_path``, ``processor_id``, ``processor_revision``, ``processor_path``, ``preprocess``, ``cache_dir``,
+    ``dtype``, ``batch_size``) and the formula.
+
+    Images are preprocessed as the reference scripts' transformers ``CLIPImageProcessor`` (the PIL processor of
+    transformers 4): ``preprocess = "original"`` takes its 8-bit PIL path bit for bit, ``"fast"`` resizes float
+    tensors on the reward's device; both crop with the processor's ``(H - h) // 2`` offset."""
 
     max_text_tokens: ClassVar[int | None] = CLIP_MAX_TOKENS
+    #: ``score`` takes uint8 images too (the scoring pipeline then passes the decoded bytes, no float round trip).
+    accepts_uint8: ClassVar[bool] = True
     model_license: ClassVar[str] = "unknown"
     processor_license: ClassVar[str] = "unknown"
 
@@ -224,13 +330,14 @@ class HFClipReward(Reward, abc.ABC):
     def __init__(self, config: Any = None):
         super().__init__(config)
         torch_dtype(self.config.dtype)  # validate early
+        check_preprocess(self.config.preprocess, self.name)
         if self.config.batch_size < 1:
             raise ConfigError(f"Reward {self.name}: batch_size must be >= 1, got {self.config.batch_size}.")
         self.model = None
         self.tokenizer = None
         self.transform: ClipImageTransform | None = None
         self.device = torch.device("cpu")
-        self._resolved: dict[str, str | None] = {}
+        self._resolved: dict[str, Any] = {}
 
     # -- weights --------------------------------------------------------------------------------------
     def _processor_repo(self) -> tuple[str, str, str | None]:
@@ -286,13 +393,15 @@ class HFClipReward(Reward, abc.ABC):
             proc = CLIPImageProcessor.from_pretrained(str(proc_dir), local_files_only=True)
         except (OSError, ValueError) as exc:
             raise MiroError(f"Reward {self.name}: cannot load the CLIP model from {model_dir}: {exc}. Re-download the weights.") from exc
-        check_loading_info(info, what=f"CLIPModel from {model_dir}", reward=self.name)
-        self.transform = ClipImageTransform.from_hf_processor(proc)
+        ignored = check_loading_info(info, what=f"CLIPModel from {model_dir}", reward=self.name)
+        backend = "pil" if self.config.preprocess == "original" else "torch_device"
+        self.transform = ClipImageTransform.from_hf_processor(proc, backend=backend, crop_rounding="floor")
         self.tokenizer = self._load_tokenizer(proc_dir)
         self.model = model.eval().requires_grad_(False).to(device)
         self.device = device
-        self._resolved = {"model_commit": snapshot_revision(model_dir), "processor_commit": snapshot_revision(proc_dir)}
-        log.info("%s: loaded %s (%s) on %s", self.name, model_dir, self.config.dtype, device)
+        self._resolved = {"model_commit": snapshot_revision(model_dir), "processor_commit": snapshot_revision(proc_dir),
+                          "ignored_checkpoint_keys": ignored}
+        log.info("%s: loaded %s (%s, preprocess %s) on %s", self.name, model_dir, self.config.dtype, self.config.preprocess, device)
 
     def teardown(self) -> None:
         self.model = None

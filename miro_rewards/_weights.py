@@ -22,6 +22,10 @@ __all__ = [
     "hub_cache_dir",
     "check_model_config",
     "check_loading_info",
+    "LEGACY_BUFFER_NAMES",
+    "legacy_buffer_problem",
+    "split_legacy_buffers",
+    "report_ignored",
     "snapshot_revision",
 ]
 
@@ -285,8 +289,69 @@ def check_model_config(path: Path, *, expected_model_types: tuple[str, ...], rew
     return cfg
 
 
-def check_loading_info(info: dict[str, Any], *, what: str, reward: str, ignore_unexpected: tuple[str, ...] = ()) -> None:
-    """Fail when ``from_pretrained(..., output_loading_info=True)`` left weights randomly initialised."""
+#: Buffers that some library versions save in state dicts and others recompute (non-persistent): BERT/CLIP
+#: ``position_ids`` (``arange``) and ``token_type_ids`` (zeros). Tensors with these names and exactly that
+#: content are the only ones the loaders tolerate without a matching parameter.
+LEGACY_BUFFER_NAMES = ("position_ids", "token_type_ids")
+
+
+def legacy_buffer_problem(key: str, value: Any) -> str | None:
+    """None when ``key`` is a legacy buffer (:data:`LEGACY_BUFFER_NAMES`) holding its deterministic content;
+    otherwise why it is not (for the error message)."""
+    import torch
+
+    leaf = key.rsplit(".", 1)[-1]
+    if leaf not in LEGACY_BUFFER_NAMES:
+        return "not a known legacy buffer"
+    if not isinstance(value, torch.Tensor) or value.is_floating_point() or value.is_complex() or value.ndim not in (1, 2) \
+            or (value.ndim == 2 and value.shape[0] != 1):
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        return f"named like the {leaf} buffer but it is not an integer [1, n] index tensor ({shape})"
+    flat = value.reshape(-1).long()
+    want = torch.arange(flat.numel()) if leaf == "position_ids" else torch.zeros(flat.numel(), dtype=torch.long)
+    if not torch.equal(flat, want):
+        what = "0, 1, 2, ..." if leaf == "position_ids" else "all zeros"
+        return f"named like the {leaf} buffer but its values are not {what}: it carries information this loader would drop"
+    return None
+
+
+def split_legacy_buffers(state: dict[str, Any], known: Any, *, reward: str, what: str) -> tuple[dict[str, Any], list[str]]:
+    """Remove the legacy buffers (:func:`legacy_buffer_problem`) that ``known`` (the model's state-dict keys)
+    lacks; returns the rest and the removed keys. A tensor named like a legacy buffer but with other content
+    raises :class:`WeightsError`."""
+    known = set(known)
+    kept, ignored = {}, []
+    for key, value in state.items():
+        if key not in known and key.rsplit(".", 1)[-1] in LEGACY_BUFFER_NAMES:
+            problem = legacy_buffer_problem(key, value)
+            if problem is not None:
+                raise WeightsError(f"Reward {reward}: {what} has a tensor {key!r} {problem}. Re-download the checkpoint.")
+            ignored.append(key)
+        else:
+            kept[key] = value
+    return kept, ignored
+
+
+def report_ignored(reward: str, what: str, ignored: dict[str, str] | list[str]) -> None:
+    """Log the checkpoint keys a loader ignored (INFO: they are harmless by construction), with the reason."""
+    if not ignored:
+        return
+    items = ignored.items() if isinstance(ignored, dict) else ((k, "legacy buffer") for k in ignored)
+    by_reason: dict[str, list[str]] = {}
+    for key, reason in items:
+        by_reason.setdefault(reason, []).append(key)
+    for reason, keys in by_reason.items():
+        shown = ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+        log.info("%s: ignored %d tensor(s) of %s (%s): %s", reward, len(keys), what, reason, shown)
+
+
+def check_loading_info(info: dict[str, Any], *, what: str, reward: str, ignore_unexpected: tuple[str, ...] = ()) -> list[str]:
+    """Fail when ``from_pretrained(..., output_loading_info=True)`` left weights randomly initialised.
+
+    Unexpected checkpoint tensors are ignored as transformers (and the reference scripts, which load with the
+    same ``from_pretrained``) ignore them; they are reported (legacy buffers at INFO, anything else as a
+    WARNING naming the tensors) and returned, minus those under the ``ignore_unexpected`` prefixes (parts the
+    reward deliberately does not load, e.g. the text tower of a vision-only reward)."""
     missing = list(info.get("missing_keys") or [])
     mismatched = list(info.get("mismatched_keys") or [])
     if missing or mismatched:
@@ -296,6 +361,12 @@ def check_loading_info(info: dict[str, Any], *, what: str, reward: str, ignore_u
             f"wrong shape (e.g. {sample}); the checkpoint does not match the model class. Re-download it or fix "
             "the model id."
         )
-    unexpected = [k for k in (info.get("unexpected_keys") or []) if not any(k.startswith(p) for p in ignore_unexpected)]
-    if unexpected:
-        log.debug("%s: %d unused checkpoint tensors while loading %s", reward, len(unexpected), what)
+    unexpected = sorted(str(k) for k in (info.get("unexpected_keys") or []) if not any(str(k).startswith(p) for p in ignore_unexpected))
+    legacy = [k for k in unexpected if k.rsplit(".", 1)[-1] in LEGACY_BUFFER_NAMES]
+    other = [k for k in unexpected if k not in legacy]
+    report_ignored(reward, what, legacy)
+    if other:
+        shown = ", ".join(other[:8]) + (f" and {len(other) - 8} more" if len(other) > 8 else "")
+        log.warning("%s: %s has %d tensor(s) the model class does not use (ignored, as transformers does): %s",
+                    reward, what, len(other), shown)
+    return unexpected

@@ -5,7 +5,12 @@ L2-normalised OpenAI CLIP ViT-L/14 image embedding (``CLIPVisionModelWithProject
 by MSE on SAC + LOGOS + AVA ratings: ``sac+logos+ava1-l14-linearMSE.pth``. Scores are on the rating scale,
 about 1..10 (typical photos 4..7). Image only: the caption is ignored.
 
-Preprocessing (OpenAI CLIP): shortest side to 224 (bicubic), centre crop 224, CLIP mean/std.
+Preprocessing as the reference (``simple_inference.py``: OpenAI ``clip.load`` preprocess = torchvision
+``Resize(224, BICUBIC)`` + ``CenterCrop(224)`` on the PIL image, ``ToTensor``, CLIP mean/std):
+``preprocess = "original"`` takes that 8-bit PIL path bit for bit, with torchvision's crop rounding
+(``int(round((H - 224) / 2))``, halves to even); ``"fast"`` resizes float tensors on the reward's device.
+``original_precision`` runs the reference's CUDA numerics (OpenAI CLIP in float16, the embedding normalised in
+float16, the head in float32).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import torch
 from miro_core import ConfigError, MiroError, Reward, config, hookimpl
 
 from ._heads import PreferenceMLP
-from ._clip_common import ClipImageTransform, check_inputs, chunks, dist_version, l2_normalize, torch_dtype
+from ._clip_common import ClipImageTransform, check_inputs, check_preprocess, chunks, dist_version, l2_normalize, openai_fp16_, \
+    torch_dtype
 from ._weights import WeightSource, WeightsError, check_loading_info, check_model_config, locate, snapshot_revision
 
 log = logging.getLogger(__name__)
@@ -34,9 +40,10 @@ class AestheticScore(Reward):
     """LAION aesthetic predictor v2: MLP on normalised CLIP ViT-L/14 image embeddings, ~1..10; ignores text."""
 
     name = "aesthetic"
-    version = "1"
+    version = "2"  # 2: torchvision crop rounding, 8-bit PIL preprocessing by default
     uses_text = False
     max_text_tokens = None
+    accepts_uint8 = True
 
     @config
     class Config:
@@ -52,6 +59,13 @@ class AestheticScore(Reward):
         head_filename: str = "sac+logos+ava1-l14-linearMSE.pth"
         #: Local ``.pth`` file of the head, replacing the hub lookup.
         head_path: str | None = None
+        #: ``original``: the reference's 8-bit PIL resize + torchvision centre crop, bit for bit (CPU);
+        #: ``fast``: float tensors resized on the reward's device (batched; resampling rounding differs).
+        preprocess: str = "original"
+        #: On CUDA, the reference's precision: OpenAI ``clip`` runs the ViT in float16 (LayerNorms in float32) and
+        #: the embedding is normalised in float16 before the float32 head. No effect on CPU, where the reference
+        #: runs float32. Needs ``dtype = "float32"``.
+        original_precision: bool = False
         cache_dir: str | None = None
         dtype: str = "float32"
         batch_size: int = 32
@@ -59,13 +73,20 @@ class AestheticScore(Reward):
     def __init__(self, config: Any = None):
         super().__init__(config)
         torch_dtype(self.config.dtype)
+        check_preprocess(self.config.preprocess, self.name)
         if self.config.batch_size < 1:
             raise ConfigError(f"Reward {self.name}: batch_size must be >= 1, got {self.config.batch_size}.")
+        if self.config.original_precision and self.config.dtype != "float32":
+            raise ConfigError(f"Reward {self.name}: original_precision sets the precision itself; leave dtype at float32 "
+                              f"(got {self.config.dtype!r}).")
         self.vision = None
         self.head: AestheticMLP | None = None
-        self.transform = ClipImageTransform()  # OpenAI CLIP: 224 bicubic shortest side, centre crop, CLIP mean/std
+        # OpenAI CLIP: 224 bicubic shortest side, torchvision centre crop (halves to even), CLIP mean/std
+        self.transform = ClipImageTransform(crop_rounding="half_even",
+                                            backend="pil" if self.config.preprocess == "original" else "torch_device")
         self.device = torch.device("cpu")
-        self._resolved: dict[str, str | None] = {}
+        self._fp16 = False
+        self._resolved: dict[str, Any] = {}
 
     def weight_sources(self) -> list[WeightSource]:
         c = self.config
@@ -121,10 +142,13 @@ class AestheticScore(Reward):
 
         device = torch.device(device)
         if self.vision is not None:
-            self.vision.to(device)
-            self.head.to(device)  # type: ignore[union-attr]
-            self.device = device
-            return
+            if (device.type == "cuda") != self._fp16:  # precision depends on the device: reload
+                self.teardown()
+            else:
+                self.vision.to(device)
+                self.head.to(device)  # type: ignore[union-attr]
+                self.device = device
+                return
         clip_src, head_src = self.weight_sources()
         clip_dir = locate(clip_src, cache_dir=self.config.cache_dir, reward=self.name)
         head_file = locate(head_src, cache_dir=self.config.cache_dir, reward=self.name)
@@ -136,17 +160,22 @@ class AestheticScore(Reward):
                 str(clip_dir), config=vcfg, local_files_only=True, dtype=torch_dtype(self.config.dtype), output_loading_info=True)
         except (OSError, ValueError, RuntimeError) as exc:
             raise WeightsError(f"Reward {self.name}: cannot load the CLIP vision tower from {clip_dir}: {exc}.") from exc
-        check_loading_info(info, what=f"CLIPVisionModelWithProjection from {clip_dir}", reward=self.name)
+        ignored = check_loading_info(info, what=f"CLIPVisionModelWithProjection from {clip_dir}", reward=self.name,
+                                     ignore_unexpected=("text_model.", "text_projection.", "logit_scale"))
         proj = int(vision.config.projection_dim)
         if proj != head.layers[0].in_features:
             raise WeightsError(
                 f"Reward {self.name}: the CLIP model {clip_dir} has {proj}-d image embeddings but the head expects "
                 f"{head.layers[0].in_features}; the LAION head needs CLIP ViT-L/14 (768-d)."
             )
+        self._fp16 = bool(self.config.original_precision and device.type == "cuda")
+        if self._fp16:
+            openai_fp16_(vision)
         self.vision = vision.eval().requires_grad_(False).to(device)
         self.head = head.requires_grad_(False).to(device)
         self.device = device
-        self._resolved = {"clip_commit": snapshot_revision(clip_dir), "head_commit": snapshot_revision(head_file)}
+        self._resolved = {"clip_commit": snapshot_revision(clip_dir), "head_commit": snapshot_revision(head_file),
+                          "ignored_checkpoint_keys": ignored}
 
     def teardown(self) -> None:
         self.vision = None
@@ -155,6 +184,9 @@ class AestheticScore(Reward):
     def image_embeds(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised float32 CLIP image embeddings ``[B, 768]`` of one batch."""
         assert self.vision is not None
+        if self._fp16:  # the reference on CUDA: float16 ViT and a float16 normalisation (numpy on the fp16 features)
+            emb = self.vision(pixel_values=self.transform(images, device=self.device, dtype=torch.float16)).image_embeds.half()
+            return (emb / emb.norm(dim=-1, keepdim=True)).float()
         px = self.transform(images, device=self.device, dtype=torch_dtype(self.config.dtype))
         return l2_normalize(self.vision(pixel_values=px).image_embeds)
 

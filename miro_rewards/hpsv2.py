@@ -4,8 +4,17 @@ Re-implemented on ``open_clip`` directly (the ``hpsv2`` package pins an old open
 with transformers 5): the ``ViT-H-14`` architecture is built with ``open_clip.create_model(..., pretrained=None)``
 and the checkpoint's ``state_dict`` is loaded strictly (``torch.load(weights_only=True)``).
 
-Preprocessing (the reference's validation transform): longest side to 224 (bicubic), zero-pad to a square
-(black padding in pixel space), CLIP mean/std. Text: open_clip's CLIP BPE tokenizer, 77 tokens.
+Preprocessing as the reference's validation transform (``hpsv2`` 1.2.0 ``image_transform(...,
+resize_longest_max=True)``): ``ToTensor`` first (``u8 / 255``), then ``ResizeMaxSize`` on the float tensor:
+longest side to 224 with torchvision bicubic (antialiased, no clamp, no 8-bit rounding), the short side to
+``round(short * 224 / long)``, zero padding (black in pixel space) ``[pad_w // 2, pad_h // 2, rest]``, then CLIP
+mean/std. ``preprocess = "original"`` computes exactly that on the CPU (bit-identical pixels);
+``"fast"`` computes the same on the reward's device (identical on CPU; last-bit differences on a GPU).
+Text: open_clip's CLIP BPE tokenizer, 77 tokens.
+
+Precision: the reference runs the model under ``torch.cuda.amp.autocast()`` (float16) and takes the cosine
+as a float16 matmul; ``original_precision = true`` does the same on CUDA (no effect on CPU, where the
+reference's CUDA autocast is inactive).
 
 Score = ``cosine(image_features, text_features)``, **not** multiplied by ``logit_scale`` (~100): the reference
 ``hpsv2.score`` returns the diagonal of ``image_features @ text_features.T`` of normalised features, and the
@@ -24,9 +33,9 @@ import torch
 
 from miro_core import ConfigError, MiroError, Reward, config, hookimpl
 
-from ._clip_common import CLIP_MAX_TOKENS, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipImageTransform, check_inputs, chunks, dist_version, \
-    l2_normalize, torch_dtype
-from ._weights import WeightSource, WeightsError, locate, snapshot_revision
+from ._clip_common import CLIP_MAX_TOKENS, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipImageTransform, check_inputs, check_preprocess, \
+    chunks, dist_version, l2_normalize, torch_dtype
+from ._weights import WeightSource, WeightsError, locate, report_ignored, snapshot_revision, split_legacy_buffers
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +46,9 @@ class HPSv2(Reward):
     """HPSv2.1 human-preference score: cosine of open_clip ViT-H/14 image and text features (~0.2..0.35)."""
 
     name = "hpsv2"
-    version = "1"
+    version = "2"  # 2: no clamp after resizing (the reference has none)
     max_text_tokens = CLIP_MAX_TOKENS
+    accepts_uint8 = True
 
     @config
     class Config:
@@ -55,6 +65,12 @@ class HPSv2(Reward):
         #: An explicit open_clip model config (``embed_dim``, ``vision_cfg``, ``text_cfg``...) instead of ``arch``
         #: (other checkpoints, tests with tiny models).
         arch_config: dict[str, Any] | None = None
+        #: ``original``: the reference transform on the CPU (float32 torch resize of ``u8 / 255``), bit-identical;
+        #: ``fast``: the same operations on the reward's device.
+        preprocess: str = "original"
+        #: On CUDA, the reference's precision: float16 autocast for the forward and the cosine (hpsv2 runs with
+        #: ``precision="amp"`` under ``torch.cuda.amp.autocast()``). No effect on CPU. Needs ``dtype = "float32"``.
+        original_precision: bool = False
         cache_dir: str | None = None
         dtype: str = "float32"
         batch_size: int = 32
@@ -66,11 +82,15 @@ class HPSv2(Reward):
             raise ConfigError(f"Reward hpsv2: hps_version {self.config.hps_version!r} is not one of {', '.join(_FILES)}.")
         if self.config.batch_size < 1:
             raise ConfigError(f"Reward {self.name}: batch_size must be >= 1, got {self.config.batch_size}.")
+        check_preprocess(self.config.preprocess, self.name)
+        if self.config.original_precision and self.config.dtype != "float32":
+            raise ConfigError(f"Reward {self.name}: original_precision is float32 weights under float16 autocast; leave "
+                              f"dtype at float32 (got {self.config.dtype!r}).")
         self.model = None
         self.tokenizer = None
         self.transform: ClipImageTransform | None = None
         self.device = torch.device("cpu")
-        self._resolved: dict[str, str | None] = {}
+        self._resolved: dict[str, Any] = {}
 
     @property
     def filename(self) -> str:
@@ -131,6 +151,8 @@ class HPSv2(Reward):
         path = locate(self.weight_sources()[0], cache_dir=self.config.cache_dir, reward=self.name)
         state = self.read_state_dict(str(path), self.name)
         model = self.build_model()
+        state, ignored = split_legacy_buffers(state, model.state_dict().keys(), reward=self.name, what=str(path))
+        report_ignored(self.name, str(path), ignored)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
@@ -142,11 +164,13 @@ class HPSv2(Reward):
         size = visual.image_size[0] if isinstance(visual.image_size, (tuple, list)) else int(visual.image_size)
         pcfg = getattr(visual, "preprocess_cfg", None) or {}
         self.transform = ClipImageTransform(mode="pad", size=int(size), crop_size=(int(size), int(size)),
-                                            mean=tuple(pcfg.get("mean", OPENAI_CLIP_MEAN)), std=tuple(pcfg.get("std", OPENAI_CLIP_STD)))
+                                            mean=tuple(pcfg.get("mean", OPENAI_CLIP_MEAN)), std=tuple(pcfg.get("std", OPENAI_CLIP_STD)),
+                                            backend="torch_cpu" if self.config.preprocess == "original" else "torch_device",
+                                            clamp=False)
         self.model = model.eval().requires_grad_(False).to(device=device, dtype=torch_dtype(self.config.dtype))
         self._get_tokenizer()
         self.device = device
-        self._resolved = {"checkpoint_commit": snapshot_revision(path)}
+        self._resolved = {"checkpoint_commit": snapshot_revision(path), "ignored_checkpoint_keys": ignored}
         log.info("hpsv2: loaded %s on %s", path, device)
 
     def teardown(self) -> None:
@@ -163,13 +187,33 @@ class HPSv2(Reward):
         tokens = self._get_tokenizer()(list(prompts)).to(self.device)
         return l2_normalize(self.model.encode_image(px)), l2_normalize(self.model.encode_text(tokens))
 
+    def _autocast_device(self) -> str | None:
+        """Device type to autocast on for ``original_precision`` (CUDA only, as the reference), else None."""
+        return "cuda" if self.config.original_precision and self.device.type == "cuda" else None
+
+    def _score_autocast(self, images: torch.Tensor, prompts: Sequence[str], device_type: str) -> torch.Tensor:
+        """The reference's numerics: forward, ``F.normalize`` and ``image_features @ text_features.T`` under float16
+        autocast (one 1x1 product per pair, as it scores one image at a time); the float16 result as float32."""
+        assert self.model is not None and self.transform is not None
+        px = self.transform(images, device=self.device, dtype=torch.float32)
+        tokens = self._get_tokenizer()(list(prompts)).to(self.device)
+        with torch.autocast(device_type=device_type, dtype=torch.float16):
+            img = self.model.encode_image(px, normalize=True)
+            txt = self.model.encode_text(tokens, normalize=True)
+            cos = torch.bmm(img[:, None, :], txt[:, :, None]).reshape(-1)
+        return cos.float()
+
     @torch.no_grad()
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         check_inputs(images, prompts, self.name)
         if self.model is None:
             raise MiroError(f"Reward {self.name}: call setup(device) before score().")
         out = []
+        amp = self._autocast_device()
         for sl in chunks(images.shape[0], self.config.batch_size):
+            if amp is not None:
+                out.append(self._score_autocast(images[sl], list(prompts[sl]), amp).cpu())
+                continue
             img, txt = self.embed(images[sl], list(prompts[sl]))
             out.append((img * txt).sum(-1).cpu())
         return torch.cat(out) if out else torch.zeros(0)

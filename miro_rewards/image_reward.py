@@ -10,6 +10,11 @@ Weights: ``ImageReward.pt`` + ``med_config.json`` from ``THUDM/ImageReward`` (a 
 files, or the Hugging Face cache: never downloaded here), and the ``bert-base-uncased`` tokenizer (plus
 BLIP's ``[DEC]`` / ``[ENC]`` special tokens, as the reference adds them). Networks are transformers'
 ``BlipVisionModel`` / ``BlipTextModel``; the original parameter names are mapped in :mod:`._blip`.
+
+Preprocessing as the reference's ``_transform(224)``: torchvision ``Resize(224, BICUBIC)`` + ``CenterCrop(224)``
+on the PIL image (8 bit; crop offset ``int(round((H - 224) / 2))``, halves to even), ``ToTensor``, CLIP
+mean/std. ``preprocess = "original"`` takes that path bit for bit; ``"fast"`` resizes float tensors on the
+reward's device. The reference runs float32 on CUDA too (no reduced-precision option to mirror).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ __all__ = ["ImageReward", "MEAN", "STD", "MAX_TOKENS", "preprocess"]
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,8 +33,8 @@ import torch
 from miro_core import ConfigError, MiroError, Reward, config, hookimpl
 
 from . import _blip
-from ._clip_common import check_inputs, chunks, normalize, resize_shortest_center_crop, torch_dtype
-from ._weights import WeightSource, WeightsError, locate, snapshot_revision
+from ._clip_common import ClipImageTransform, check_inputs, check_preprocess, chunks, torch_dtype
+from ._weights import WeightSource, WeightsError, locate, report_ignored, snapshot_revision
 
 log = logging.getLogger(__name__)
 
@@ -39,22 +45,26 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Reference transform on tensors: short side -> ``size`` (bicubic, antialiased), centre crop, CLIP mean/std.
+def transform(size: int, mode: str = "original") -> ClipImageTransform:
+    """The reference ``_transform(size)``: short side -> ``size`` bicubic, torchvision centre crop (halves to even),
+    CLIP mean/std; ``mode`` ``original`` (8-bit PIL, bit for bit) or ``fast`` (float tensors on the device)."""
+    return ClipImageTransform(mode="crop", size=int(size), crop_size=(int(size), int(size)), mean=CLIP_MEAN, std=CLIP_STD,
+                              crop_rounding="half_even", backend="pil" if mode == "original" else "torch_device")
 
-    ``images``: float ``[B, 3, H, W]`` in [0, 1]. Matches torchvision ``Resize(size, BICUBIC)`` +
-    ``CenterCrop(size)`` + ``Normalize`` of the reference up to the 8-bit rounding of its PIL path.
-    """
-    return normalize(resize_shortest_center_crop(images.float(), size), CLIP_MEAN, CLIP_STD)
+
+def preprocess(images: torch.Tensor, size: int, mode: str = "original") -> torch.Tensor:
+    """Pixels of ``images`` (``[B, 3, H, W]`` uint8 or float in [0, 1]) as the reference feeds its ViT."""
+    return transform(size, mode)(images, device=images.device)
 
 
 class ImageReward(Reward):
     """ImageReward v1.0 (THUDM): human-preference score from BLIP image-text cross-attention, roughly N(0, 1)."""
 
     name = "image_reward"
-    version = "1"
+    version = "2"  # 2: torchvision crop rounding, 8-bit PIL preprocessing by default
     uses_text = True
     max_text_tokens = MAX_TOKENS
+    accepts_uint8 = True
 
     @config
     class Config:
@@ -71,6 +81,13 @@ class ImageReward(Reward):
         tokenizer_path: str | None = None
         #: ViT heads; None = width // 64 (16 for the ViT-L/16 of ImageReward).
         vision_num_heads: int | None = None
+        #: ``original``: the reference's 8-bit PIL resize + torchvision centre crop, bit for bit (CPU);
+        #: ``fast``: float tensors resized on the reward's device (batched; resampling rounding differs).
+        preprocess: str = "original"
+        #: Regular expressions of extra checkpoint keys to skip (full-match). By default only legacy buffers
+        #: (``position_ids`` / ``token_type_ids`` with their deterministic content) and BLIP's unused
+        #: ``vision_proj`` / ``text_proj`` are skipped; any other unknown key is an error naming it.
+        ignore_keys: tuple[str, ...] = ()
         cache_dir: str | None = None
         #: Compute dtype of the ViT and BERT: float32, float16 or bfloat16 (the MLP head always runs in float32).
         dtype: str = "float32"
@@ -79,6 +96,12 @@ class ImageReward(Reward):
     def __init__(self, config: Any = None):
         super().__init__(config)
         torch_dtype(self.config.dtype)  # validate early
+        check_preprocess(self.config.preprocess, self.name)
+        for pattern in self.config.ignore_keys:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(f"Reward {self.name}: ignore_keys entry {pattern!r} is not a regular expression: {exc}.") from None
         if self.config.batch_size < 1:
             raise ConfigError(f"Reward {self.name}: batch_size must be >= 1, got {self.config.batch_size}.")
         self.vision = None
@@ -86,8 +109,10 @@ class ImageReward(Reward):
         self.mlp: _blip.ImageRewardMLP | None = None
         self.tokenizer = None
         self.image_size = 224
+        self.transform = transform(224, self.config.preprocess)
         self.device = torch.device("cpu")
-        self._resolved: dict[str, str | None] = {}
+        self.ignored_keys: dict[str, str] = {}
+        self._resolved: dict[str, Any] = {}
 
     # -- weights --------------------------------------------------------------------------------------
     def weight_sources(self) -> list[WeightSource]:
@@ -126,7 +151,11 @@ class ImageReward(Reward):
             state = state["state_dict"]
         if not isinstance(state, dict):
             raise WeightsError(f"Reward {self.name}: {ckpt_path} holds a {type(state).__name__}, not a state dict.")
-        parts = _blip.convert_imagereward_state_dict(state)
+        try:
+            parts = _blip.convert_imagereward_state_dict(state, self.config.ignore_keys)
+        except WeightsError as exc:
+            raise WeightsError(f"Reward {self.name}: {ckpt_path}: {exc}") from None
+        report_ignored(self.name, str(ckpt_path), parts["ignored"])
         geom = _blip.vision_geometry(state)
         vision = _blip.build_vision_model(geom, cfg.vision_num_heads)
         text = _blip.build_text_model(med, encoder_width=geom.width)
@@ -156,8 +185,11 @@ class ImageReward(Reward):
         self.mlp = mlp.to(device=device).eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.image_size = geom.image_size
+        self.transform = transform(geom.image_size, cfg.preprocess)
+        self.ignored_keys = dict(parts["ignored"])
         self.device = device
-        self._resolved = {"model_commit": snapshot_revision(model_dir), "tokenizer_commit": snapshot_revision(tok_dir)}
+        self._resolved = {"model_commit": snapshot_revision(model_dir), "tokenizer_commit": snapshot_revision(tok_dir),
+                          "ignored_checkpoint_keys": sorted(self.ignored_keys)}
         log.info("%s: loaded %s (ViT %dx%d, %d px) on %s", self.name, ckpt_path, geom.depth, geom.width, geom.image_size, device)
 
     def _load_tokenizer(self, path: Path):
@@ -193,7 +225,7 @@ class ImageReward(Reward):
 
     def _score_batch(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         dtype = torch_dtype(self.config.dtype)
-        pixels = preprocess(images.to(self.device), self.image_size).to(dtype)
+        pixels = self.transform(images, device=self.device, dtype=dtype)
         tok = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
         image_embeds = self.vision(pixel_values=pixels).last_hidden_state
         image_atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=self.device)

@@ -8,7 +8,9 @@ change the code that runs. A local ``model_path`` directory is accepted as is (t
 
 Score (as the model card's retrieval example): ``cos(encode_text(caption), encode_image(image))`` using the
 model's own ``encode_text`` / ``encode_image`` (its remote processor does tokenisation and image
-preprocessing; images are handed over as 8-bit RGB PIL images). Long captions are fine (v2: 8192 tokens).
+preprocessing; images are handed over as 8-bit RGB PIL images: a uint8 input as is, a float input quantised
+with ``round(x * 255)``, the exact inverse of ``u8 / 255``, so the model sees the bytes the reference would open
+from the file). Long captions are fine (v2: 8192 tokens).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 from miro_core import ConfigError, MiroError, Reward, config, hookimpl
 
 from ._clip_common import check_inputs, chunks, torch_dtype
+from ._pixels import to_pil_images
 from ._weights import WeightSource, WeightsError, check_model_config, locate, snapshot_revision
 
 log = logging.getLogger(__name__)
@@ -34,10 +37,8 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 def _to_pil(images: torch.Tensor) -> list:
-    from PIL import Image
-
-    arr = (images.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(np.ascontiguousarray(a)) for a in arr]
+    """8-bit RGB PIL images of a uint8 / float ``[B, 3, H, W]`` batch (see the module doc)."""
+    return to_pil_images(images)
 
 
 def _as_tensor(x: Any) -> torch.Tensor:
@@ -57,6 +58,7 @@ class JinaClipScore(Reward):
     version = "1"
     uses_text = True
     max_text_tokens = None
+    accepts_uint8 = True
 
     @config
     class Config:

@@ -19,7 +19,7 @@ class OpenAIClipScore(HFClipReward):
     """CLIPScore with OpenAI CLIP ViT-L/14: 100 * max(cosine, 0); evaluation only."""
 
     name = "openai_clip"
-    version = "1"
+    version = "2"  # 2: 8-bit PIL preprocessing of the reference processor by default (preprocess option)
     evaluation_only = True
     model_license = "MIT (OpenAI CLIP)"
 
@@ -31,6 +31,9 @@ class OpenAIClipScore(HFClipReward):
         processor_id: str | None = None
         processor_revision: str | None = None
         processor_path: str | None = None
+        #: ``original``: the reference processor's 8-bit PIL resize, bit for bit (CPU); ``fast``: float tensors
+        #: resized on the reward's device (batched; differs from the reference by resampling rounding).
+        preprocess: str = "original"
         cache_dir: str | None = None
         dtype: str = "float32"
         batch_size: int = 32

@@ -20,7 +20,7 @@ class PickScore(HFClipReward):
     """PickScore v1: human-preference reward, logit_scale.exp() * cosine (CLIP-H/14)."""
 
     name = "pick"
-    version = "1"
+    version = "2"  # 2: 8-bit PIL preprocessing of the reference processor by default (preprocess option)
     model_license = "MIT (PickScore repository); see the yuvalkirstain/PickScore_v1 model card"
     processor_license = "MIT (laion/CLIP-ViT-H-14-laion2B-s32B-b79K)"
 
@@ -37,6 +37,9 @@ class PickScore(HFClipReward):
         processor_revision: str | None = "1c2b8495b28150b8a4922ee1c8edee224c284c0c"
         processor_path: str | None = None
         #: Hugging Face hub cache to search (default: ``$HF_HUB_CACHE``).
+        #: ``original``: the reference processor's 8-bit PIL resize, bit for bit (CPU); ``fast``: float tensors
+        #: resized on the reward's device (batched; differs from the reference by resampling rounding).
+        preprocess: str = "original"
         cache_dir: str | None = None
         dtype: str = "float32"
         batch_size: int = 32

@@ -19,7 +19,7 @@ class SciScore(HFClipReward):
     """SciScore: scientific-plausibility reward, logit_scale.exp() * cosine (CLIP-H/14)."""
 
     name = "sciscore"
-    version = "1"
+    version = "2"  # 2: 8-bit PIL preprocessing of the reference processor by default (preprocess option)
     model_license = "see the Jialuo21/SciScore model card (not stated in our sources)"
 
     @config
@@ -32,6 +32,9 @@ class SciScore(HFClipReward):
         processor_id: str | None = None
         processor_revision: str | None = None
         processor_path: str | None = None
+        #: ``original``: the reference processor's 8-bit PIL resize, bit for bit (CPU); ``fast``: float tensors
+        #: resized on the reward's device (batched; differs from the reference by resampling rounding).
+        preprocess: str = "original"
         cache_dir: str | None = None
         dtype: str = "float32"
         batch_size: int = 32

@@ -17,6 +17,11 @@ Families (auto-detected from ``config.json``'s ``model_type``):
 
 Batches are right-padded; the logits are read at each row's last real token (``logits_to_keep`` with the
 distinct answer positions, so the ``[B, L, V]`` logits are never materialised).
+
+Images reach the model's own processor as the 8-bit RGB PIL images the reference opens from files (a uint8
+input as is; a float input quantised with ``round(x * 255)``, the exact inverse of ``u8 / 255``). The
+processor runs its PIL backend by default (``image_backend = "pil"``: the transformers-4 "slow" image
+processors the reference used; transformers 5 defaults to a torchvision backend that resamples differently).
 """
 
 from __future__ import annotations
@@ -27,12 +32,12 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from miro_core import ConfigError, MiroError, Reward, config, hookimpl
 
 from ._clip_common import check_inputs, chunks, torch_dtype
+from ._pixels import to_pil_images
 from ._weights import WeightSource, WeightsError, check_loading_info, check_model_config, locate, snapshot_revision
 
 log = logging.getLogger(__name__)
@@ -50,20 +55,23 @@ FAMILIES = {
 _SHARDS = tuple(f"model-{i:05d}-of-{n:05d}.safetensors" for n in range(2, 9) for i in range(1, n + 1))
 
 
-def _to_pil(images: torch.Tensor) -> list:
-    from PIL import Image
+#: Image-processor backends of transformers 5 (``AutoProcessor.from_pretrained(backend=...)``).
+IMAGE_BACKENDS = ("pil", "torchvision")
 
-    arr = (images.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(np.ascontiguousarray(a)) for a in arr]
+
+def _to_pil(images: torch.Tensor) -> list:
+    """8-bit RGB PIL images of a uint8 / float ``[B, 3, H, W]`` batch (see the module doc)."""
+    return to_pil_images(images)
 
 
 class VQAScore(Reward):
     """VQAScore: probability that a VLM answers "Yes" to 'Does this figure show "{caption}"?', in [0, 1]."""
 
     name = "vqa"
-    version = "1"
+    version = "2"  # 2: the processor's PIL backend by default (the reference's image processing)
     uses_text = True
     max_text_tokens = None
+    accepts_uint8 = True
 
     @config
     class Config:
@@ -78,6 +86,9 @@ class VQAScore(Reward):
         question_template: str = DEFAULT_QUESTION
         #: The answer token whose probability is the score (must be one token of the model's tokenizer).
         answer: str = "Yes"
+        #: Image-processor backend: ``pil`` (the reference's processors: PIL resampling in 8 bit) or
+        #: ``torchvision`` (transformers 5's default; faster, resamples differently).
+        image_backend: str = "pil"
         cache_dir: str | None = None
         dtype: str = "bfloat16"
         batch_size: int = 8
@@ -89,6 +100,9 @@ class VQAScore(Reward):
             raise ConfigError(f"Reward {self.name}: batch_size must be >= 1, got {self.config.batch_size}.")
         if self.config.family != "auto" and self.config.family not in FAMILIES:
             raise ConfigError(f"Reward {self.name}: family {self.config.family!r} is not auto or one of {', '.join(FAMILIES)}.")
+        if self.config.image_backend not in IMAGE_BACKENDS:
+            raise ConfigError(f"Reward {self.name}: image_backend {self.config.image_backend!r} is not one of "
+                              f"{', '.join(IMAGE_BACKENDS)}.")
         if "{}" not in self.config.question_template:
             raise ConfigError(f"Reward {self.name}: question_template must contain '{{}}' where the caption goes.")
         self.model = None
@@ -96,7 +110,7 @@ class VQAScore(Reward):
         self.family: str | None = None
         self.answer_id: int | None = None
         self.device = torch.device("cpu")
-        self._resolved: dict[str, str | None] = {}
+        self._resolved: dict[str, Any] = {}
 
     def weight_sources(self) -> list[WeightSource]:
         c = self.config
@@ -115,7 +129,7 @@ class VQAScore(Reward):
     # -- loading -------------------------------------------------------------------------------------
     def setup(self, device: str | torch.device = "cpu") -> None:
         import transformers
-        from transformers import AutoProcessor
+        from transformers import AutoImageProcessor, AutoProcessor
 
         device = torch.device(device)
         if self.model is not None:
@@ -136,9 +150,14 @@ class VQAScore(Reward):
             model, info = cls.from_pretrained(str(model_dir), local_files_only=True, dtype=torch_dtype(self.config.dtype),
                                               output_loading_info=True)
             processor = AutoProcessor.from_pretrained(str(model_dir), local_files_only=True)
+            if getattr(processor, "image_processor", None) is not None:  # only the image processor has both backends
+                processor.image_processor = AutoImageProcessor.from_pretrained(
+                    str(model_dir), local_files_only=True, backend=self.config.image_backend)
         except (OSError, ValueError) as exc:
             raise WeightsError(f"Reward {self.name}: cannot load the {family} model or its processor from {model_dir}: {exc}.") from exc
-        check_loading_info(info, what=f"{cls.__name__} from {model_dir}", reward=self.name)
+        ignored = check_loading_info(info, what=f"{cls.__name__} from {model_dir}", reward=self.name)
+        ip = getattr(processor, "image_processor", None)
+        log.info("%s: image processor %s", self.name, type(ip).__name__)
         tok = processor.tokenizer
         ids = tok.encode(self.config.answer, add_special_tokens=False)
         if len(ids) != 1 or ids[0] == tok.unk_token_id:
@@ -154,7 +173,8 @@ class VQAScore(Reward):
         self.family = family
         self.answer_id = int(ids[0])
         self.device = device
-        self._resolved = {"model_commit": snapshot_revision(model_dir), "family": family}
+        self._resolved = {"model_commit": snapshot_revision(model_dir), "family": family,
+                          "image_processor": type(ip).__name__, "ignored_checkpoint_keys": ignored}
         log.info("%s: loaded %s (%s, %s) on %s", self.name, model_dir, family, self.config.dtype, device)
 
     def teardown(self) -> None:

@@ -57,11 +57,14 @@ def test_flags_and_text_is_ignored(reward):
 
 
 def test_centre_crop(reward):
-    """Short side already 224: no resize, the centre 224x224 window of a 224x448 image is kept exactly."""
+    """Short side already 224: no resize, the centre 224x224 window of a 224x448 image is kept exactly; on a 224x451
+    image the offset 113.5 rounds to 114 as torchvision's CenterCrop does (halves to even), not 113."""
     g = torch.Generator().manual_seed(1)
-    img = torch.rand(1, 3, 224, 448, generator=g)
-    px = reward.transform(img)
-    torch.testing.assert_close(px, normalize(img[..., 112:336], OPENAI_CLIP_MEAN, OPENAI_CLIP_STD))
+    img = torch.randint(0, 256, (1, 3, 224, 451), generator=g, dtype=torch.uint8)
+    px = reward.transform(img[..., :448])
+    assert torch.equal(px, normalize(img[..., 112:336].float() / 255, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD))
+    assert torch.equal(reward.transform(img), normalize(img[..., 114:338].float() / 255, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD))
+    img = img[..., :448].float() / 255
     # changing only the cropped-away borders does not change the score
     img2 = img.clone()
     img2[..., :112] = 0.0
@@ -115,6 +118,39 @@ def test_loading_errors(tmp_path, aes_files):
     r = registry("rewards").create("aesthetic", {"clip_path": str(aes_files["clip"]), "head_path": str(tmp_path / "nope.pth")})
     with pytest.raises(WeightsError, match="does not exist"):
         r.setup("cpu")
+
+
+def test_original_precision(aes_files):
+    """The reference runs OpenAI CLIP in float16 on CUDA (LayerNorms in float32) and normalises the float16
+    embedding; on CPU it runs float32, so the option changes nothing there."""
+    import copy
+
+    from miro_core import ConfigError
+    from miro_rewards._clip_common import openai_fp16_
+
+    with pytest.raises(ConfigError, match="original_precision.*dtype"):
+        registry("rewards").create("aesthetic", _options(aes_files, original_precision=True, dtype="bfloat16"))
+    r = registry("rewards").create("aesthetic", _options(aes_files, original_precision=True))
+    r.setup("cpu")
+    plain = registry("rewards").create("aesthetic", _options(aes_files))
+    plain.setup("cpu")
+    x = torch.randint(0, 256, (3, 3, 230, 260), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    want = plain.score(x, [""] * 3)
+    assert not r._fp16 and torch.equal(r.score(x, [""] * 3), want)
+    # the CUDA layout, exercised on the CPU (no GPU here)
+    fp16 = openai_fp16_(copy.deepcopy(plain.vision))
+    lns = [m for m in fp16.modules() if isinstance(m, torch.nn.LayerNorm)]
+    lins = [m for m in fp16.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    assert lns and all(m.weight.dtype == torch.float32 for m in lns) and all(m.weight.dtype == torch.float16 for m in lins)
+    h = torch.randn(2, 5, lns[0].normalized_shape[0], dtype=torch.float16)
+    out = lns[0](h)
+    assert out.dtype == torch.float16
+    torch.testing.assert_close(out, torch.nn.functional.layer_norm(h.float(), lns[0].normalized_shape, lns[0].weight,
+                                                                   lns[0].bias, lns[0].eps).half())
+    r.vision, r._fp16 = fp16, True
+    got = r.score(x, [""] * 3)
+    assert not torch.equal(got, want)
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.real_weights

@@ -62,23 +62,6 @@ def test_padding_is_black_in_pixel_space(reward):
     assert (px[0, :, 45 : 45 + 134, :] > pad_value + 0.5).all()  # the image itself (values >= 0.5) is not padding
 
 
-def test_preprocessing_matches_open_clip_transform(reward):
-    """Same pipeline as open_clip's own PIL 'longest' transform (ResizeKeepRatio + CenterCropOrPad, fill 0)."""
-    from open_clip.transform import image_transform
-    from PIL import Image
-
-    ref_tf = image_transform(224, is_train=False, resize_mode="longest", fill_color=0)
-    rng = np.random.default_rng(0)
-    arr = rng.integers(0, 256, size=(60, 100, 3), dtype=np.uint8)
-    arr = np.asarray(Image.fromarray(arr).resize((100, 60), Image.BILINEAR))  # smooth-ish content
-    ref = ref_tf(Image.fromarray(arr))
-    ours = reward.transform(torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float() / 255.0)[0]
-    assert ours.shape == ref.shape
-    # resampling kernels differ slightly (PIL vs torchvision antialias); padding geometry must be exact
-    assert (ours - ref).abs().mean() < 0.02
-    torch.testing.assert_close(ours[:, :44], ref[:, :44])
-
-
 def test_score_is_cosine_of_open_clip_features(reward, hps_cache):
     """Independent recomputation: open_clip's own forward on its own preprocessing; cosine, no logit scale."""
     import open_clip
@@ -151,6 +134,55 @@ def test_loading_errors(tmp_path, hps_cache):
         r.setup("cpu")
     with pytest.raises(ConfigError):
         registry("rewards").create("hpsv2", {"hps_version": "v3"})
+
+
+def test_legacy_buffers_are_tolerated_and_reported(tmp_path, caplog):
+    """A checkpoint carrying a legacy ``position_ids`` buffer (deterministic content) loads and says so; the same name
+    with other values, or any unknown tensor, still fails (the reference loads strictly)."""
+    src = save_tiny_open_clip_checkpoint(tmp_path / "src.pt", seed=4)
+    ckpt = torch.load(src, weights_only=True)
+    ckpt["state_dict"]["text.embeddings.position_ids"] = torch.arange(77).unsqueeze(0)
+    path = tmp_path / "legacy.pt"
+    torch.save(ckpt, path)
+    r = registry("rewards").create("hpsv2", {"checkpoint_path": str(path), "arch_config": tiny_open_clip_config()})
+    with caplog.at_level("INFO", logger="miro_rewards"):
+        r.setup("cpu")
+    assert r.metadata()["ignored_checkpoint_keys"] == ["text.embeddings.position_ids"]
+    assert "ignored 1 tensor(s)" in caplog.text and "text.embeddings.position_ids" in caplog.text
+    plain = registry("rewards").create("hpsv2", {"checkpoint_path": str(src), "arch_config": tiny_open_clip_config()})
+    plain.setup("cpu")
+    x = torch.randint(0, 256, (2, 3, 50, 70), dtype=torch.uint8)
+    assert torch.equal(r.score(x, ["a", "b"]), plain.score(x, ["a", "b"]))
+
+    ckpt["state_dict"]["text.embeddings.position_ids"] = torch.ones(1, 77, dtype=torch.long)
+    torch.save(ckpt, path)
+    with pytest.raises(WeightsError, match="position_ids.*not 0, 1, 2"):
+        registry("rewards").create("hpsv2", {"checkpoint_path": str(path), "arch_config": tiny_open_clip_config()}).setup("cpu")
+    del ckpt["state_dict"]["text.embeddings.position_ids"]
+    ckpt["state_dict"]["visual.extra_head.weight"] = torch.zeros(2, 2)
+    torch.save(ckpt, path)
+    with pytest.raises(WeightsError, match="(?s)does not match.*visual.extra_head"):
+        registry("rewards").create("hpsv2", {"checkpoint_path": str(path), "arch_config": tiny_open_clip_config()}).setup("cpu")
+
+
+def test_original_precision(hps_cache, monkeypatch):
+    """hpsv2 scores under torch.cuda.amp.autocast: on CUDA the option autocasts the forward and the cosine to float16;
+    on CPU (where the reference's CUDA autocast does nothing) it changes nothing."""
+    with pytest.raises(ConfigError, match="original_precision.*dtype"):
+        registry("rewards").create("hpsv2", _options(hps_cache, original_precision=True, dtype="float16"))
+    r = registry("rewards").create("hpsv2", _options(hps_cache, original_precision=True))
+    r.setup("cpu")
+    plain = registry("rewards").create("hpsv2", _options(hps_cache))
+    plain.setup("cpu")
+    x = torch.randint(0, 256, (3, 3, 60, 90), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    prompts = ["a red circle", "two green squares", "a cat"]
+    want = plain.score(x, prompts)
+    assert r._autocast_device() is None and torch.equal(r.score(x, prompts), want)
+    # the CUDA code path, exercised with CPU autocast (no GPU here): float16 results, close to float32
+    monkeypatch.setattr(r, "_autocast_device", lambda: "cpu")
+    got = r.score(x, prompts)
+    assert torch.equal(got, got.half().float()) and not torch.equal(got, want)
+    torch.testing.assert_close(got, want, atol=5e-3, rtol=0)
 
 
 @pytest.mark.real_weights

@@ -12,9 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from miro_core import MiroError, registry
+from miro_core import ConfigError, MiroError, registry
 from miro_core.testing import RewardContract
 from miro_rewards import _blip
+from miro_rewards._weights import WeightsError
 from miro_rewards.image_reward import CLIP_MEAN, CLIP_STD, MEAN, STD, preprocess
 
 WORDS = "a red blue green circle square triangle circles squares triangles above below left of right two three photo cat dog the".split()
@@ -175,14 +176,24 @@ def test_constants_match_reference():
     assert MEAN == 0.16717362830052426 and STD == 1.0333394966054072
 
 
+def _reference_transform(n_px: int):
+    """THUDM's ``_transform(n_px)``, built from torchvision as the reference does (PIL in, tensor out)."""
+    from torchvision import transforms as T
+
+    return T.Compose([T.Resize(n_px, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(n_px),
+                      lambda im: im.convert("RGB"), T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])
+
+
 def test_formula_parity_against_independent_blip(tmp_path):
+    from PIL import Image
     from transformers import BertTokenizer
 
     ckpt, tok_dir, sd = make_checkpoint(tmp_path)
     reward = registry("rewards").create("image_reward", _options(ckpt, tok_dir))
     reward.setup("cpu")
-    g = torch.Generator().manual_seed(5)
-    images = torch.rand(3, 3, 40, 56, generator=g)
+    rng = np.random.default_rng(5)
+    arrays = rng.integers(0, 256, size=(3, 45, 56, 3), dtype=np.uint8)  # 32 px: 39 long, crop offset 3.5 -> 4
+    images = torch.from_numpy(arrays).permute(0, 3, 1, 2)
     prompts = ["a red circle above a blue square", "two green triangles", "a photo of a cat left of the dog"]
     got = reward.score(images, prompts)
 
@@ -190,9 +201,11 @@ def test_formula_parity_against_independent_blip(tmp_path):
     enc = tok(prompts, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
     assert enc["input_ids"].shape == (3, 35)
     assert int((enc["input_ids"] == tok.unk_token_id).sum()) == 0  # the tiny vocab really tokenizes the prompts
-    want = reference_scores({k: v.float() for k, v in sd.items()}, preprocess(images, IMG), enc["input_ids"], enc["attention_mask"])
-    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    pixels = torch.stack([_reference_transform(IMG)(Image.fromarray(a)) for a in arrays])
+    want = reference_scores({k: v.float() for k, v in sd.items()}, pixels, enc["input_ids"], enc["attention_mask"])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert got.std() > 1e-3  # scores depend on the input (not a constant head)
+    assert torch.equal(reward.score(images.float() / 255.0, prompts), got)  # float input: same bytes, same score
 
 
 def test_score_depends_on_image_and_text(tmp_path):
@@ -222,29 +235,84 @@ def test_key_mapping_is_explicit_and_complete():
     assert set(parts["text"]) == set(text.state_dict())
     bad = dict(sd)
     bad["blip.visual_encoder.blocks.0.attn.weird"] = torch.zeros(1)
-    with pytest.raises(MiroError, match="does not know"):
+    with pytest.raises(MiroError, match="does not know.*attn.weird.*ignore_keys"):
         _blip.convert_imagereward_state_dict(bad)
 
 
 def test_preprocess_resize_crop_normalise():
-    # short side already 32: no resize, centre crop only
-    x = torch.rand(1, 3, 32, 64)
+    # short side already 32: no resize, centre crop only (offset 16)
+    x = torch.randint(0, 256, (1, 3, 32, 64), dtype=torch.uint8)
     out = preprocess(x, 32)
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    torch.testing.assert_close(out, (x[..., 16:48] - mean) / std)
-    # against torchvision's PIL pipeline (the reference transform), up to 8-bit rounding
+    assert torch.equal(out, (x[..., 16:48].float() / 255 - mean) / std)
+    # the reference transform itself, bit for bit, including the half-to-even crop offset (107 -> 51 px: 1.5 -> 2)
     from PIL import Image
-    from torchvision import transforms as T
 
-    g = torch.Generator().manual_seed(0)
-    smooth = F.interpolate(torch.rand(1, 3, 12, 20, generator=g), size=(120, 200), mode="bilinear", align_corners=False)
-    pil = Image.fromarray((smooth[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-    ref = T.Compose([T.Resize(48, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(48), T.ToTensor(),
-                     T.Normalize(CLIP_MEAN, CLIP_STD)])(pil)
-    ours = preprocess(torch.from_numpy(np.asarray(pil)).permute(2, 0, 1)[None].float() / 255, 48)[0]
-    assert ours.shape == ref.shape == (3, 48, 48)
-    assert (ours - ref).abs().mean() * 0.27 < 0.01  # mean error < 1% of the [0, 1] range
+    rng = np.random.default_rng(0)
+    for hw in [(100, 107), (107, 100), (120, 200), (48, 48)]:
+        arr = rng.integers(0, 256, size=(*hw, 3), dtype=np.uint8)
+        ref = _reference_transform(48)(Image.fromarray(arr))
+        ours = preprocess(torch.from_numpy(arr).permute(2, 0, 1)[None], 48)[0]
+        assert torch.equal(ours, ref), hw
+    # fast mode: same geometry, float resampling (close, not equal)
+    fast = preprocess(torch.from_numpy(arr).permute(2, 0, 1)[None], 40, mode="fast")[0]
+    ref = _reference_transform(40)(Image.fromarray(arr))
+    assert fast.shape == ref.shape and 0 < float((fast - ref).abs().mean()) * 0.27 < 0.01
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading real files: legacy buffers tolerated, reported; anything else fails loudly
+# ---------------------------------------------------------------------------------------------------
+def test_legacy_buffers_load_and_are_reported(tmp_path, caplog):
+    """A file saved by an older BLIP/transformers carries persistent ``position_ids`` / ``token_type_ids`` buffers
+    (and the real file has BLIP's unused vision_proj / text_proj): it loads, and the log and metadata name them."""
+    ckpt, tok, sd = make_checkpoint(tmp_path)
+    sd["blip.text_encoder.embeddings.token_type_ids"] = torch.zeros(1, 64, dtype=torch.long)
+    sd["blip.visual_encoder.position_ids"] = torch.arange(5, dtype=torch.int32).unsqueeze(0)
+    torch.save(sd, ckpt / "ImageReward.pt")
+    reward = registry("rewards").create("image_reward", _options(ckpt, tok))
+    with caplog.at_level("INFO", logger="miro_rewards"):
+        reward.setup("cpu")
+    legacy = {"blip.text_encoder.embeddings.position_ids", "blip.text_encoder.embeddings.token_type_ids",
+              "blip.visual_encoder.position_ids"}
+    unused = {f"blip.{m}.{p}" for m in ("vision_proj", "text_proj") for p in ("weight", "bias")}
+    assert set(reward.ignored_keys) == legacy | unused
+    assert {reward.ignored_keys[k] for k in legacy} == {_blip.REASON_LEGACY}
+    assert reward.metadata()["ignored_checkpoint_keys"] == sorted(legacy | unused)
+    text = caplog.text
+    assert "ignored 3 tensor(s)" in text and "blip.text_encoder.embeddings.token_type_ids" in text
+    assert "ignored 4 tensor(s)" in text and "blip.vision_proj.weight" in text
+    # the buffers change nothing: same scores as the file without them
+    ckpt2, tok2, _ = make_checkpoint(tmp_path / "plain")
+    plain = registry("rewards").create("image_reward", _options(ckpt2, tok2))
+    plain.setup("cpu")
+    x = torch.randint(0, 256, (2, 3, 40, 44), dtype=torch.uint8)
+    assert torch.equal(reward.score(x, ["a cat", "two dogs"]), plain.score(x, ["a cat", "two dogs"]))
+
+
+def test_unknown_or_altered_keys_fail_loudly(tmp_path):
+    ckpt, tok, sd = make_checkpoint(tmp_path)
+    # a tensor named like a legacy buffer but with other content is not harmless
+    bad = dict(sd)
+    bad["blip.text_encoder.embeddings.position_ids"] = torch.arange(64).flip(0).unsqueeze(0)
+    torch.save(bad, ckpt / "ImageReward.pt")
+    with pytest.raises(WeightsError, match="position_ids.*values are not 0, 1, 2"):
+        registry("rewards").create("image_reward", _options(ckpt, tok)).setup("cpu")
+    # an extra module (the reference's strict=False would drop it silently): named, with the fix
+    extra = dict(sd)
+    extra["blip.itm_head.weight"] = torch.zeros(2, TW)
+    extra["blip.text_encoder.pooler.dense.weight"] = torch.zeros(TW, TW)
+    torch.save(extra, ckpt / "ImageReward.pt")
+    with pytest.raises(WeightsError, match=r"ImageReward\.pt.*2 tensor\(s\).*blip\.itm_head\.weight.*ignore_keys"):
+        registry("rewards").create("image_reward", _options(ckpt, tok)).setup("cpu")
+    # ... which an explicit ignore_keys accepts, and reports
+    r = registry("rewards").create("image_reward", {**_options(ckpt, tok), "ignore_keys": [r"blip\.itm_head\..*",
+                                                                                          r".*\.pooler\..*"]})
+    r.setup("cpu")
+    assert r.ignored_keys["blip.itm_head.weight"] == _blip.REASON_OPTION
+    with pytest.raises(ConfigError, match="regular expression"):
+        registry("rewards").create("image_reward", {"ignore_keys": ["("]})
 
 
 def test_tokenizer_truncates_to_35(tmp_path):

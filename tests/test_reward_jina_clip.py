@@ -69,6 +69,7 @@ class TinyJinaModel(PreTrainedModel):
     @torch.inference_mode()
     def encode_image(self, images, batch_size=32, show_progress_bar=None, convert_to_numpy=True,
                      convert_to_tensor=False, device=None, normalize_embeddings=True, truncate_dim=None):
+        self.last_images = [np.array(im) for im in images]  # what the model's own processor received
         p = self.config.patch
         px = [torch.from_numpy(np.asarray(im.convert("RGB").resize((p, p)), dtype=np.float32) / 255.0) for im in images]
         x = self.img_proj(torch.stack(px).permute(0, 3, 1, 2).reshape(len(images), -1) - 0.5)
@@ -159,6 +160,30 @@ def test_loads_remote_code_and_cosine_matches_independent(jina_dir):
     want = (t * v).sum(-1) / (np.linalg.norm(t, axis=-1) * np.linalg.norm(v, axis=-1))
     np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
     assert got.abs().max() <= 1.0 + 1e-6 and got.std() > 1e-3
+
+
+def test_images_reach_the_model_as_the_original_bytes(jina_dir, tmp_path):
+    """The reference feeds jina-clip's own processor PIL images opened from files: the model must receive exactly
+    those 8-bit RGB pixels, from a uint8 batch and from its float (u8 / 255) twin."""
+    from PIL import Image
+
+    reward = registry("rewards").create("jina_clip", _opts(jina_dir))
+    reward.setup("cpu")
+    assert reward.accepts_uint8
+    rng = np.random.default_rng(9)
+    arrays = rng.integers(0, 256, size=(3, 37, 51, 3), dtype=np.uint8)
+    opened = []
+    for i, a in enumerate(arrays):
+        Image.fromarray(a).save(tmp_path / f"{i}.png")
+        opened.append(np.asarray(Image.open(tmp_path / f"{i}.png").convert("RGB")))
+    u8 = torch.from_numpy(arrays).permute(0, 3, 1, 2)
+    prompts = ["a", "b", "c"]
+    s_u8 = reward.score(u8, prompts)
+    assert len(reward.model.last_images) == 3
+    assert all(np.array_equal(got, want) for got, want in zip(reward.model.last_images, opened))
+    s_float = reward.score(u8.float() / 255.0, prompts)
+    assert all(np.array_equal(got, want) for got, want in zip(reward.model.last_images, opened))
+    assert torch.equal(s_u8, s_float)
 
 
 def test_truncate_dim(jina_dir):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -156,6 +157,40 @@ def test_formula_parity_and_prompt(which, paligemma_dir, qwen_dir):
             assert reward.prompt(cap) == text
         want = _independent(reward.model, processor, pils[i], text, reward.answer_id)
         assert abs(float(got[i]) - want) <= 1e-4 * want + 1e-7
+
+
+@pytest.mark.parametrize("which", ["paligemma", "qwen"])
+def test_pixels_are_the_reference_processors(which, paligemma_dir, qwen_dir, tmp_path):
+    """The reference opens image files and runs the model's PIL ("slow") image processor: our inputs carry exactly
+    those pixel values, from uint8 and from float (u8 / 255) batches; transformers 5's torchvision backend is an
+    option."""
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    path = paligemma_dir if which == "paligemma" else qwen_dir
+    reward = _reward(path)
+    assert reward.accepts_uint8
+    assert type(reward.processor.image_processor).__name__.endswith("Pil")
+    assert reward.metadata()["image_processor"] == type(reward.processor.image_processor).__name__
+    fast = _reward(path, image_backend="torchvision")
+    assert not type(fast.processor.image_processor).__name__.endswith("Pil")
+    rng = np.random.default_rng(2)
+    arrays = rng.integers(0, 256, size=(2, 45, 61, 3), dtype=np.uint8)
+    opened = []
+    for i, a in enumerate(arrays):
+        Image.fromarray(a).save(tmp_path / f"{i}.png")
+        opened.append(Image.open(tmp_path / f"{i}.png").convert("RGB"))
+    ref = AutoImageProcessor.from_pretrained(str(path), backend="pil")(images=opened, return_tensors="pt")["pixel_values"]
+    u8 = torch.from_numpy(arrays).permute(0, 3, 1, 2)
+    captions = ["a red circle", "a photo of a cat"]
+    ours = reward.inputs(u8, captions)
+    assert torch.equal(ours["pixel_values"], ref)
+    twin = reward.inputs(u8.float() / 255.0, captions)
+    assert all(torch.equal(ours[k], twin[k]) for k in ours)
+    assert torch.equal(reward.score(u8, captions), reward.score(u8.float() / 255.0, captions))
+    assert not torch.equal(fast.inputs(u8, captions)["pixel_values"], ref)  # the backends really differ
+    with pytest.raises(ConfigError, match="image_backend"):
+        registry("rewards").create("vqa", {"image_backend": "cv2"})
 
 
 def test_answer_must_be_one_token(paligemma_dir):

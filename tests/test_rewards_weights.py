@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from miro_core.cli import main
-from miro_rewards._weights import WeightSource, WeightsError, check_model_config, is_present, locate, snapshot_revision
+from miro_rewards._weights import WeightSource, WeightsError, check_loading_info, check_model_config, is_present, \
+    legacy_buffer_problem, locate, snapshot_revision, split_legacy_buffers
 from miro_rewards.testing import FAKE_SHA, write_hub_cache
 
 SNAP = WeightSource(role="model", repo_id="org/model", revision=FAKE_SHA,
@@ -92,6 +93,39 @@ def _fields(src: WeightSource) -> dict:
     import attrs
 
     return attrs.asdict(src, recurse=False)
+
+
+def test_legacy_buffers_only_with_their_deterministic_content():
+    import torch
+
+    assert legacy_buffer_problem("text.embeddings.position_ids", torch.arange(77).unsqueeze(0)) is None
+    assert legacy_buffer_problem("embeddings.position_ids", torch.arange(5, dtype=torch.int32)) is None
+    assert legacy_buffer_problem("embeddings.token_type_ids", torch.zeros(1, 9, dtype=torch.long)) is None
+    assert "not 0, 1, 2" in legacy_buffer_problem("embeddings.position_ids", torch.arange(1, 6).unsqueeze(0))
+    assert "all zeros" in legacy_buffer_problem("embeddings.token_type_ids", torch.ones(1, 4, dtype=torch.long))
+    assert "integer" in legacy_buffer_problem("embeddings.position_ids", torch.arange(4.0).unsqueeze(0))
+    assert "integer" in legacy_buffer_problem("embeddings.position_ids", torch.zeros(2, 4, dtype=torch.long))
+    assert legacy_buffer_problem("embeddings.word_embeddings.weight", torch.zeros(3)) == "not a known legacy buffer"
+
+    state = {"a.weight": torch.zeros(2), "a.position_ids": torch.arange(3)[None], "b.position_ids": torch.arange(3)[None]}
+    kept, ignored = split_legacy_buffers(state, {"a.weight", "b.position_ids"}, reward="r", what="f.pt")
+    assert set(kept) == {"a.weight", "b.position_ids"} and ignored == ["a.position_ids"]  # a model's own buffer stays
+    with pytest.raises(WeightsError, match=r"f\.pt.*'a\.position_ids'.*not 0, 1, 2.*Re-download"):
+        split_legacy_buffers({"a.position_ids": torch.zeros(1, 3, dtype=torch.long)}, set(), reward="r", what="f.pt")
+
+
+def test_check_loading_info_reports_ignored(caplog):
+    info = {"missing_keys": [], "mismatched_keys": [], "unexpected_keys": [
+        "text_model.embeddings.position_ids", "vision_model.extra.weight", "text_model.encoder.layers.0.weight"]}
+    with caplog.at_level("INFO", logger="miro_rewards"):
+        got = check_loading_info(info, what="CLIPModel from x", reward="r", ignore_unexpected=("text_model.encoder.",))
+    assert got == ["text_model.embeddings.position_ids", "vision_model.extra.weight"]
+    infos = [r for r in caplog.records if r.levelname == "INFO"]
+    warns = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert any("text_model.embeddings.position_ids" in r.getMessage() for r in infos)
+    assert len(warns) == 1 and "vision_model.extra.weight" in warns[0].getMessage()
+    with pytest.raises(WeightsError, match="1 weight\\(s\\) missing"):
+        check_loading_info({"missing_keys": ["w"]}, what="x", reward="r")
 
 
 def test_check_model_config(tmp_path):
