@@ -58,7 +58,7 @@ def main(argv=None):
     ema = EMA(model, 0.9999)
     opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, 1000, 10, "cosine", 0.0))
-    batcher = Batcher(data, cfg, DistInfo(), device)
+    batcher = Batcher(data, cfg, DistInfo(), device, uniforms=model.train_uniforms)
     gen = torch.Generator().manual_seed(0)
     step = [0]
 

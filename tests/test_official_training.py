@@ -148,3 +148,57 @@ def test_init_from_an_official_release_keeps_known_reward_tokens(tmp_path):
     with pytest.raises(Exception, match="do not fit"):
         train(bad, tmp_path / "bad", store=make_store(), progress=False)
     assert main(["train", "--init-from", str(release), "--print-config", "--out", str(tmp_path / "x")]) == 0
+
+
+@pytest.mark.usefixtures("host_with_t5_kl")
+def test_init_from_a_checkpoint_with_a_new_reward(tmp_path):
+    """A reward the pretrained model does not know gets the fresh initialisation of a seeded build; the known one
+    keeps its trained token; everything else is the pretrained EMA weights."""
+    from miro_core.model import build_model
+    from miro_core.training import train
+    from miro_core.training.checkpoint import load_state_dict_file
+
+    rin = {"name": "rin", "options": {"interface_dim": 16, "latent_dim": 16, "num_latents": 4, "num_blocks": 1,
+                                      "layers_per_block": 1, "heads": 2, "interface_heads": 2}}
+    first = train(tiny_config(tmp_path, steps=3, checkpoint_every=0, **{"model.backbone": rin,
+                                                                          "data.rewards": ["aesthetic"]}),
+                  tmp_path / "first", store=make_store(), progress=False)
+    pre = load_state_dict_file(first.checkpoint_dir / "ema.safetensors")
+    cfg = tiny_config(tmp_path, steps=1, checkpoint_every=0, **{"model.backbone": rin, "optim.lr": 0.0,
+                                                                 "optim.warmup_steps": 0})
+    cfg["init_from"] = str(first.checkpoint_dir)
+    second = train(cfg, tmp_path / "second", store=make_store(), progress=False)
+    assert second.init_report == {"source": str(first.checkpoint_dir), "kept": ["aesthetic"], "new": ["pick"],
+                                  "dropped": []}
+    w = load_state_dict_file(second.checkpoint_dir / "model.safetensors")
+    torch.manual_seed(0)  # the loop builds the model under manual_seed(seed) with seed 0
+    fresh = build_model(structure(cfg, TrainConfig).model, ["aesthetic", "pick"], 16, 3, 8).state_dict()
+    torch.testing.assert_close(w["conditioning.embedders.0.fc1.weight"], pre["conditioning.embedders.0.fc1.weight"])
+    torch.testing.assert_close(w["conditioning.position"][0], pre["conditioning.position"][0])
+    torch.testing.assert_close(w["conditioning.embedders.1.fc1.weight"], fresh["conditioning.embedders.1.fc1.weight"])
+    torch.testing.assert_close(w["conditioning.position"][1], fresh["conditioning.position"][1])
+    assert not torch.equal(w["conditioning.position"][1], pre["conditioning.position"][0])
+    torch.testing.assert_close(w["backbone.latents"], pre["backbone.latents"])
+
+
+def test_sample_cli_from_an_official_release_and_bf16(tmp_path):
+    """`miro sample --pretrained RELEASE --text-encoder T5 --vae VAE` writes images with the release's defaults;
+    a bf16 pipeline (torch_dtype) samples on CPU."""
+    from PIL import Image
+
+    from miro_core.cli import main
+    from miro_core.sampling import MiroPipeline
+
+    release, t5, vae, _, _ = make_official_release(tmp_path)
+    out = tmp_path / "samples"
+    assert main(["sample", "--pretrained", str(release), "--text-encoder", str(t5), "--vae", str(vae),
+                 "--prompt", "a red circle", "--n", "2", "--steps", "2", "--target", "pick=0.5",
+                 "--out", str(out)]) == 0
+    side = json.loads((out / "sample_0001.json").read_text())
+    assert side["guidance_strategy"] == "multi_reward_cfg_text_drop" and side["guidance_scale"] == 7.0
+    assert side["positive_targets"] == {"pick": 0.5, "aesthetic": 1.0, "jina_clip": 1.0}
+    assert Image.open(out / "sample_0000.png").size == (16, 16)
+    pipe = MiroPipeline.from_pretrained(release, text_encoder=t5, vae=vae, torch_dtype=torch.bfloat16)
+    assert next(pipe.model.parameters()).dtype == torch.bfloat16
+    lat = pipe(["a red circle"], num_inference_steps=2, seed=0, output_type="latent")
+    assert lat.dtype == torch.float32 and torch.isfinite(lat).all()
