@@ -78,8 +78,10 @@ _PRECOND_DEFAULTS: dict[str, Any] = {"do_normalization": "noise_driven", "sigma_
                                      "do_gradnorm_reweighting": True, "logvar_channels": 128, "logvar_mlp_layers": 0}
 #: the release's SDXL-VAE channel statistics (used when the checkpoint lacks the normalisation buffers)
 _SDXL_STATS = {"scale": (7.8518, 5.8465, 6.8716, 5.3140), "bias": (-0.3480, 0.3754, 0.0419, 2.4331)}
-OFFICIAL_SAMPLING = {"guidance": "multi_reward_cfg_text_drop", "guidance_scale": 7.0, "num_inference_steps": 50,
-                     "solver": "euler", "time_shift": 1.0, "drop_text_in_negative": False}
+def _official_sampling() -> dict[str, Any]:
+    from .sampling import SAMPLING_PRESETS
+
+    return dict(SAMPLING_PRESETS["official"])
 _OFFICIAL_FILES = ("config.json", "model.safetensors", "uncond_embedding.npy")
 
 
@@ -274,7 +276,7 @@ def official_to_miro(cfg: Mapping[str, Any], state: Mapping[str, torch.Tensor], 
         "model_info": {"text_dim": int(net["label_dim"]), "latent_shape": [int(net["num_input_channels"]), res, res],
                        "image_size": int(cfg.get("img_resolution", 8 * res))},
         "binner": "quantile", "binner_states": {},
-        "sampling": dict(OFFICIAL_SAMPLING),
+        "sampling": _official_sampling(),
         "source": {"format": "official", "coherence_keys": keys, "model_type": cfg.get("model_type")},
     }
     index = {k: j for j, k in enumerate(keys)}

@@ -16,6 +16,7 @@ __all__ = [
     "image_grid",
     "as_generate",
     "SAMPLING_DEFAULTS",
+    "SAMPLING_PRESETS",
 ]
 
 import contextlib
@@ -210,6 +211,14 @@ def _initial_noise(n: int, shape: tuple[int, ...], generator: Any, seed: int | N
 SAMPLING_DEFAULTS: dict[str, Any] = {"guidance": "multi_reward_cfg", "guidance_scale": 7.0, "num_inference_steps": 50,
                                      "solver": "euler", "time_shift": 1.0, "drop_text_in_negative": False}
 
+#: Named sampling settings (``pipe.use_sampling(name)``, ``miro sample --sampling NAME``): ``paper``: eq. 3 of the
+#: paper (the negative branch keeps the caption); ``official``: the official pipeline (empty-text negative branch,
+#: the model's stored empty-text embedding when it has one); both w = 7 and 50 Euler steps.
+SAMPLING_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {**SAMPLING_DEFAULTS},
+    "official": {**SAMPLING_DEFAULTS, "guidance": "multi_reward_cfg_text_drop"},
+}
+
 _OUTPUT_TYPES = ("pil", "pt", "np", "latent")
 
 
@@ -285,6 +294,14 @@ class MiroPipeline:
         from .pretrained import save_pretrained
 
         return save_pretrained(self, directory)
+
+    def use_sampling(self, name: str) -> MiroPipeline:
+        """Replace ``self.defaults`` by the named settings of :data:`SAMPLING_PRESETS` (``paper`` / ``official``)."""
+        if name not in SAMPLING_PRESETS:
+            raise ConfigError(f"Unknown sampling preset {name!r}.{did_you_mean(name, SAMPLING_PRESETS)} "
+                              f"Available: {', '.join(SAMPLING_PRESETS)}.")
+        self.defaults = dict(SAMPLING_PRESETS[name])
+        return self
 
     # -- helpers ---------------------------------------------------------------------------------------
     def encode_text(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:

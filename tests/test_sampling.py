@@ -115,6 +115,26 @@ def test_save_pretrained_round_trip(pipe, ckpt, tmp_path):
         MiroPipeline.from_pretrained(tmp_path / "missing" / "dir")
 
 
+def test_sampling_presets(pipe):
+    """`official` = the text-dropping negative branch, `paper` = eq. 3; both w = 7, 50 steps."""
+    from miro_core.sampling import SAMPLING_PRESETS
+
+    assert SAMPLING_PRESETS["official"]["guidance"] == "multi_reward_cfg_text_drop"
+    assert SAMPLING_PRESETS["paper"]["guidance"] == "multi_reward_cfg"
+    assert all(p["guidance_scale"] == 7.0 and p["num_inference_steps"] == 50 for p in SAMPLING_PRESETS.values())
+    kw = dict(num_inference_steps=2, seed=1, output_type="latent")
+    try:
+        official = pipe.use_sampling("official")(PROMPTS, **kw)
+        torch.testing.assert_close(official, pipe(PROMPTS, guidance="multi_reward_cfg_text_drop", **kw))
+        paper = pipe.use_sampling("paper")(PROMPTS, **kw)
+        torch.testing.assert_close(paper, pipe(PROMPTS, guidance="multi_reward_cfg", **kw))
+        assert not torch.allclose(official, paper)
+        with pytest.raises(ConfigError, match="official"):
+            pipe.use_sampling("offical")
+    finally:
+        pipe.use_sampling("paper")
+
+
 def test_helpers():
     names = ["a", "b", "c"]
     assert isolate_reward(names, "b") == ({"a": 1.0, "b": 1.0, "c": 1.0}, {"a": 1.0, "b": 0.0, "c": 1.0})

@@ -55,6 +55,9 @@ class SampleCommand(Command):
                             help="positive reward level in [0,1] (default 1.0 for every reward; repeatable)")
         parser.add_argument("--negative", action="append", metavar="NAME=LEVEL",
                             help="negative reward level in [0,1] (default 0.0; repeatable)")
+        parser.add_argument("--sampling", choices=("paper", "official"),
+                            help="named sampling settings replacing the model's defaults: paper (eq. 3, the negative "
+                                 "keeps the caption) or official (empty-text negative); both w = 7, 50 Euler steps")
         parser.add_argument("--guidance", type=float, help="guidance scale w (default: the model's, 7)")
         parser.add_argument("--guidance-strategy", help="registered guidance strategy (default: the model's; "
                                                         "multi_reward_cfg, or the text-dropping one for official models)")
@@ -98,6 +101,8 @@ class SampleCommand(Command):
         else:
             pipe = MiroPipeline.from_pretrained(args.pretrained, text_encoder=args.text_encoder, vae=args.vae,
                                                 device=device)
+        if args.sampling:
+            pipe.use_sampling(args.sampling)
         names = list(pipe.reward_names)
         pos_levels = resolve_targets(names, positive, 1.0, "positive target")
         neg_levels = resolve_targets(names, negative, 0.0, "negative target")
