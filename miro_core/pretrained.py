@@ -38,8 +38,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -424,11 +422,9 @@ def _write_dir(directory: Path, config: dict[str, Any], state: dict[str, torch.T
                negative: Any = None) -> Path:
     from safetensors.torch import save_file
 
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.parent / f".tmp-{directory.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    from ._atomic import atomic_directory
+
+    with atomic_directory(directory) as tmp:
         weights = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
                    for k, v in state.items()}
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -437,15 +433,7 @@ def _write_dir(directory: Path, config: dict[str, Any], state: dict[str, torch.T
                        "mask": negative.text_mask.detach().cpu().bool().contiguous()},
                       str(tmp / "negative_text.safetensors"))
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-        if directory.exists():
-            trash = directory.parent / f".old-{directory.name}-{uuid.uuid4().hex[:8]}"
-            os.rename(directory, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        os.rename(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
+    return Path(directory)
 
 
 def save_pretrained(pipe: Any, directory: str | Path) -> Path:
