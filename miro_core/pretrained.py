@@ -86,10 +86,17 @@ _OFFICIAL_FILES = ("config.json", "model.safetensors", "uncond_embedding.npy")
 # ---------------------------------------------------------------------------------------------------
 # Locating a pretrained directory
 # ---------------------------------------------------------------------------------------------------
-def resolve_pretrained_dir(source: str | Path, revision: str | None = None) -> Path:
-    """A local directory, or a Hub repo id fetched into the Hugging Face cache (``revision`` pins a commit)."""
+def resolve_pretrained_dir(source: str | Path, revision: str | None = None, variant: str | None = None) -> Path:
+    """A local directory, or a Hub repo id fetched into the Hugging Face cache (``revision`` pins a commit);
+    ``variant`` is a subfolder (the official ablations repository keeps one model per subfolder)."""
     p = Path(source).expanduser()
     if p.is_dir():
+        if variant:
+            sub = p / variant
+            if not sub.is_dir():
+                have = sorted(d.name for d in p.iterdir() if d.is_dir() and (d / "config.json").is_file())
+                raise CheckpointError(f"{p} has no variant {variant!r}; variants there: {', '.join(have) or 'none'}.")
+            return sub
         return p
     text = str(source)
     if p.exists() or text.startswith(("/", ".", "~")) or text.count("/") != 1:
@@ -100,8 +107,10 @@ def resolve_pretrained_dir(source: str | Path, revision: str | None = None) -> P
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(text, revision=revision,
-                                      allow_patterns=["config.json", "*.safetensors", "uncond_embedding.npy"]))
+        prefix = f"{variant}/" if variant else ""
+        root = Path(snapshot_download(text, revision=revision, allow_patterns=[
+            f"{prefix}config.json", f"{prefix}*.safetensors", f"{prefix}uncond_embedding.npy"]))
+        return root / variant if variant else root
     except Exception as exc:  # noqa: BLE001 - hub errors have many types; all mean "not available here"
         raise CheckpointError(
             f"Could not fetch {text!r}" + (f" at revision {revision}" if revision else "") + f" from the Hugging Face "
@@ -346,14 +355,15 @@ def _component(spec: dict[str, Any], override: Any, kind: str) -> tuple[dict[str
 
 
 def load_pretrained(source: str | Path, *, revision: str | None = None, text_encoder: Any = None, vae: Any = None,
-                    torch_dtype: torch.dtype | None = None, device: str | torch.device | None = None):
+                    torch_dtype: torch.dtype | None = None, device: str | torch.device | None = None,
+                    variant: str | None = None):
     """:meth:`MiroPipeline.from_pretrained`: our format, an official release, or a training checkpoint."""
     from ._plugins import registry
     from .model import build_model
     from .sampling import Cond, MiroPipeline
     from .training.checkpoint import CHECKPOINT_FORMAT, load_into
 
-    directory = resolve_pretrained_dir(source, revision)
+    directory = resolve_pretrained_dir(source, revision, variant)
     cfg = _read_config(directory)
     negative = None
     if is_official(cfg):

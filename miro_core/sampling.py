@@ -279,15 +279,16 @@ class MiroPipeline:
     @classmethod
     def from_pretrained(cls, pretrained: str | Path, *, revision: str | None = None, text_encoder: Any = None,
                         vae: Any = None, torch_dtype: torch.dtype | None = None,
-                        device: str | torch.device | None = None) -> MiroPipeline:
+                        device: str | torch.device | None = None, variant: str | None = None) -> MiroPipeline:
         """Load a pretrained directory or Hub repo: our format (``save_pretrained``), an official MIRO release
         (``config.json`` with ``network`` / ``preconditioning``, ``model.safetensors``, ``uncond_embedding.npy``), or
         a training checkpoint. ``text_encoder`` / ``vae``: a local directory (or a built encoder / autoencoder)
-        replacing the one the config names, so that it runs offline. See :mod:`miro_core.pretrained`."""
+        replacing the one the config names, so that it runs offline. ``variant``: a subfolder holding one model
+        (the official ablations repository). See :mod:`miro_core.pretrained`."""
         from .pretrained import load_pretrained
 
         return load_pretrained(pretrained, revision=revision, text_encoder=text_encoder, vae=vae,
-                               torch_dtype=torch_dtype, device=device)
+                               torch_dtype=torch_dtype, device=device, variant=variant)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``config.json`` + ``model.safetensors`` (the weights this pipeline samples with) atomically."""

@@ -283,3 +283,37 @@ def test_paper_preset_has_the_released_parameter_count():
     n_ours = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("loss_weighting."))
     assert n_official == 360_411_664
     assert n_ours == n_official
+
+
+def test_variant_subfolder_and_errors(release, tmp_path):
+    """``variant=`` picks a subfolder (the official ablations repository layout); bad inputs name the fix."""
+    import shutil
+
+    from miro_core import CheckpointError
+
+    path, t5, vae, _, _ = release
+    root = tmp_path / "ablations"
+    shutil.copytree(path, root / "miro-no-clip")
+    pipe = MiroPipeline.from_pretrained(root, variant="miro-no-clip", text_encoder=t5, vae=vae)
+    assert pipe.reward_names == tuple(OURS)
+    with pytest.raises(CheckpointError, match="variants there: miro-no-clip"):
+        MiroPipeline.from_pretrained(root, variant="nope")
+    broken = tmp_path / "broken"
+    shutil.copytree(path, broken)
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(broken / "model.safetensors"))
+    state["network.mystery.weight"] = torch.zeros(2)
+    save_file(state, str(broken / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="network.mystery.weight"):
+        MiroPipeline.from_pretrained(broken, text_encoder=t5, vae=vae)
+    del state["network.mystery.weight"]
+    save_file(state, str(broken / "model.safetensors"))
+    # a pickled object array would run code when unpickled: it is refused, never loaded
+    np.save(broken / "uncond_embedding.npy", np.array([{"payload": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(CheckpointError, match="not a plain numpy array"):
+        MiroPipeline.from_pretrained(broken, text_encoder=t5, vae=vae)
+    (broken / "uncond_embedding.npy").unlink()
+    save_file(state, str(broken / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="uncond_embedding.npy"):
+        MiroPipeline.from_pretrained(broken, text_encoder=t5, vae=vae)
