@@ -317,3 +317,53 @@ def test_variant_subfolder_and_errors(release, tmp_path):
     save_file(state, str(broken / "model.safetensors"))
     with pytest.raises(CheckpointError, match="uncond_embedding.npy"):
         MiroPipeline.from_pretrained(broken, text_encoder=t5, vae=vae)
+
+
+@pytest.mark.slow
+def test_paper_scale_network_parity():
+    """The released configuration itself (360M parameters, random perturbed weights, 7 rewards, FLAN-T5-XL width):
+    official CADRINTextCond + FlowPrecond vs our converted rin, preconditioned step 1 and self-conditioned step 2."""
+    from miro.models.networks.rin import CADRINTextCond as Net
+    from miro.models.preconditioning import FlowPrecond as Pre
+
+    from miro_core import structure
+    from miro_core.model import ModelConfig, build_model
+    from miro_core.pretrained import official_to_miro
+    from miro_core.training.checkpoint import load_into
+
+    keys = list(OFFICIAL_REWARD_ALIASES)
+    net_cfg = dict(data_size=32, num_input_channels=4, patch_size=2, data_dim=512, num_latents=256, latents_dim=1024,
+                   num_blocks=4, num_processing_layers=4, read_write_heads=16, compute_heads=32, label_dim=2048,
+                   num_cond_tokens=77, num_text_registers=16, coherence_keys=keys, use_cond_rin_block=True,
+                   concat_cond_token_to_latents=False, use_self_conditioning=True)
+    pre_cfg = dict(num_latents=256, latents_dim=1024, do_normalization="noise_driven", sigma_data=0.5,
+                   do_gradnorm_reweighting=True, logvar_channels=128)
+    torch.manual_seed(0)
+    net, pre = Net(**net_cfg).eval(), Pre(**pre_cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in [*net.parameters(), *pre.parameters()]:
+            if p.is_floating_point():
+                p.add_(torch.randn(p.shape, generator=g) * 0.01)
+    state = {**{f"network.{k}": v for k, v in net.state_dict().items()},
+             **{f"preconditioning.{k}": v for k, v in pre.state_dict().items()}}
+    cfg, ours_state = official_to_miro({"network": net_cfg, "preconditioning": pre_cfg, "coherence_keys": keys}, state)
+    del state
+    model = build_model(structure(cfg["model"], ModelConfig), cfg["reward_names"], 2048, 4, 32)
+    load_into(model, ours_state, "paper-scale release")
+    model.eval()
+    assert sum(p.numel() for n, p in model.named_parameters() if not n.startswith("loss_weighting.")) == 360_411_664
+    x, emb = torch.randn(2, 4, 32, 32, generator=g), torch.randn(2, 20, 2048, generator=g) * 0.2
+    mask = torch.ones(2, 20, dtype=torch.bool)
+    mask[1, 9:] = False
+    levels = torch.rand(2, 7, generator=g)
+    batch = {"y": x.clone(), "gamma": torch.full((2,), 0.3), "text_tokens_embeddings": emb, "text_tokens_mask": mask,
+             **{f"{k}_coherence": levels[:, j] for j, k in enumerate(keys)}}
+    with torch.no_grad():
+        f1, z1 = pre(net, dict(batch))
+        f2, _ = pre(net, {**batch, "y": x * 0.9, "gamma": torch.full((2,), 0.5), "previous_latents": z1})
+        model.reset_state()
+        v1 = model(x, torch.full((2,), 0.7), emb, mask, levels)
+        v2 = model(x * 0.9, torch.full((2,), 0.5), emb, mask, levels)
+    assert f1.abs().max() > 0.5
+    assert _max_diff(v1, f1) <= ATOL and _max_diff(v2, f2) <= ATOL
