@@ -40,6 +40,7 @@ _LAZY = {
     "TextEncoder": ".interfaces",
     "Autoencoder": ".interfaces",
     "Evaluator": ".interfaces",
+    "Suite": ".interfaces",
     "DataSource": ".interfaces",
     "Sample": ".interfaces",
     "Command": ".interfaces",

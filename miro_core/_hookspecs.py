@@ -41,6 +41,12 @@ def miro_register_evaluators(register):
 
 
 @hookspec
+def miro_register_suites(register):
+    """Register :class:`miro_core.Suite` subclasses: named evaluations run by ``miro eval --suite NAME``
+    (prompt set, generation settings, scorers -> ``metrics.json`` + ``report.md``): ``register(MySuite)``."""
+
+
+@hookspec
 def miro_register_data_sources(register):
     """Register :class:`miro_core.DataSource` subclasses: ``register(MySource)``."""
 
@@ -67,6 +73,7 @@ HOOK_KINDS = {
     "backbones": "miro_register_backbones",
     "guidance": "miro_register_guidance",
     "evaluators": "miro_register_evaluators",
+    "suites": "miro_register_suites",
     "data_sources": "miro_register_data_sources",
     "text_encoders": "miro_register_text_encoders",
     "autoencoders": "miro_register_autoencoders",

@@ -160,6 +160,7 @@ class PluginHost:
             "backbones": interfaces.Backbone,
             "guidance": interfaces.Guidance,
             "evaluators": interfaces.Evaluator,
+            "suites": interfaces.Suite,
             "data_sources": interfaces.DataSource,
             "text_encoders": interfaces.TextEncoder,
             "autoencoders": interfaces.Autoencoder,

@@ -16,6 +16,7 @@ __all__ = [
     "TextEncoder",
     "Autoencoder",
     "Evaluator",
+    "Suite",
     "DataSource",
     "Sample",
     "Command",
@@ -216,6 +217,26 @@ class Evaluator(Component, abc.ABC):
     @abc.abstractmethod
     def evaluate(self, generate: Any, **kwargs: Any) -> dict[str, float]:
         """``generate(prompts, **sampling_kwargs) -> images [B,3,H,W] in [0,1]``."""
+
+
+class Suite(Component, abc.ABC):
+    """A named evaluation (``miro eval --suite NAME``): a prompt set, how to generate, how to score.
+
+    ``run(out, pipeline=..., images=..., progress=...)`` evaluates either a model (``pipeline``: a
+    :class:`miro_core.sampling.MiroPipeline` or any ``generate(prompts, **kw) -> [B,3,H,W]`` callable) or a
+    folder of images another model produced (``images``), writes ``metrics.json`` and ``report.md`` into
+    ``out`` and returns the metrics. Generation into ``out`` is resumable: a re-run keeps the images already
+    written. ``progress(total, desc)`` returns a bar with ``update(n)`` / ``close()`` (None: no bars).
+    """
+
+    #: True when the suite can score a folder of images (``miro eval --images DIR``)
+    accepts_images: ClassVar[bool] = True
+    #: True when the suite can generate with a model (``--pretrained`` / ``--checkpoint``)
+    accepts_model: ClassVar[bool] = True
+
+    @abc.abstractmethod
+    def run(self, out: Any, *, pipeline: Any = None, images: Any = None, progress: Any = None) -> dict[str, Any]:
+        """Evaluate into the folder ``out``; returns the ``metrics.json`` content."""
 
 
 # ---------------------------------------------------------------------------------------------------

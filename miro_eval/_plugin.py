@@ -6,4 +6,6 @@ Registered through the ``miro`` entry-point group exactly like a third-party plu
 miro_plugins = [
     "miro_eval.reward_scores",
     "miro_eval.test_time_scaling",
+    "miro_eval.suites.rewards",
+    "miro_eval.suites.partiprompts",
 ]

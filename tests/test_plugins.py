@@ -31,7 +31,7 @@ from miro_core._plugins import PluginHost, Registry, reset_plugins
 from miro_core.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ["rewards", "binners", "backbones", "guidance", "evaluators", "data_sources", "text_encoders", "autoencoders",
+KINDS = ["rewards", "binners", "backbones", "guidance", "evaluators", "suites", "data_sources", "text_encoders", "autoencoders",
          "commands"]
 _counter = itertools.count()
 
