@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["TrainAlignmentCommand"]
+__all__ = ["TrainAlignmentCommand", "ExportCommand"]
 
 import json
 import sys
@@ -36,6 +36,36 @@ class TrainAlignmentCommand(Command):
         return 0
 
 
+class ExportCommand(Command):
+    name = "world export"
+    help = "write the built-in world as webdataset tar shards (e.g. --out DIR/{00000..00099}.tar)"
+
+    def add_arguments(self, parser):
+        parser.add_argument("--num-samples", type=int, required=True, help="number of samples in all")
+        parser.add_argument("--out", required=True, help="shard names with a brace range, local path or fsspec URL")
+        parser.add_argument("--seed", type=int, default=0, help="world seed (ids are world-<seed>-<index>)")
+        parser.add_argument("--image-size", type=int, default=32, help="image side in pixels (default 32)")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def run(self, args):
+        from .export import export_world
+
+        bar = None
+        if not args.no_progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=args.num_samples, desc="export", unit="sample", dynamic_ncols=True)
+        try:
+            res = export_world(args.out, args.num_samples, seed=args.seed, image_size=args.image_size,
+                               progress=bar.update if bar else None)
+        finally:
+            if bar is not None:
+                bar.close()
+        print(f"wrote {res['written']} shards ({res['skipped']} already complete) with {res['samples']} samples: {args.out}")
+        return 0
+
+
 @hookimpl
 def miro_register_commands(register):
     register(TrainAlignmentCommand)
+    register(ExportCommand)
