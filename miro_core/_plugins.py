@@ -5,8 +5,10 @@ included: they register exactly like third-party packages). A plugin module may 
 ``miro_plugins`` sequence (as pytest's ``pytest_plugins``); those are registered too, attributed to the
 same distribution.
 
-``MIRO_LOAD_PLUGINS`` limits which entry points load: a comma-separated list of entry-point names (empty
-string: none).
+``MIRO_LOAD_PLUGINS`` limits which *third-party* entry points load: a comma-separated list of entry-point
+names (empty string: none). The built-ins (the entry points of the ``miro`` distribution itself: ``miro_core``,
+``miro_rewards``, ...) always load, as simonw/llm loads its default plugins whatever ``LLM_LOAD_PLUGINS`` says:
+``MIRO_LOAD_PLUGINS=""`` leaves a working ``miro`` with only its own components.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from ._hookspecs import HOOK_KINDS
 log = logging.getLogger(__name__)
 
 LOCAL_DISTRIBUTION = "<local>"
+#: the distribution whose entry points are the built-ins (always loaded, whatever MIRO_LOAD_PLUGINS says)
+BUILTIN_DISTRIBUTION = "miro"
 
 
 @attrs.frozen
@@ -148,7 +152,10 @@ def _distribution_of(ep: md.EntryPoint) -> tuple[str, str]:
 class PluginHost:
     """The pluggy manager plus one :class:`Registry` per component kind."""
 
-    def __init__(self, *, load_entrypoints: bool = True, extra_plugins: list[tuple[Any, str]] | None = None):
+    def __init__(self, *, load_entrypoints: bool = True, extra_plugins: list[tuple[Any, str]] | None = None,
+                 builtins: bool = True):
+        """``load_entrypoints``: load the ``miro`` entry points (``MIRO_LOAD_PLUGINS`` filters the third-party
+        ones); ``builtins=False`` skips the built-in entry points too (tests that need an isolated host)."""
         from . import interfaces
 
         self.pm = pluggy.PluginManager("miro")
@@ -168,7 +175,7 @@ class PluginHost:
         }
         self.registries = {kind: Registry(kind, bases[kind]) for kind in HOOK_KINDS}
         if load_entrypoints:
-            self._load_entrypoints()
+            self._load_entrypoints(builtins=builtins)
         for plugin, name in extra_plugins or []:
             self.add_plugin(plugin, name=name)
         self._check_pending()
@@ -189,18 +196,24 @@ class PluginHost:
             ) from exc
 
     # -- loading ------------------------------------------------------------------------------------
-    def _load_entrypoints(self) -> None:
+    def _load_entrypoints(self, builtins: bool = True) -> None:
         allowed_env = os.environ.get("MIRO_LOAD_PLUGINS")
         allowed = None if allowed_env is None else {s.strip() for s in allowed_env.split(",") if s.strip()}
         eps = sorted(md.entry_points(group="miro"), key=lambda e: e.name)
         seen: set[str] = set()
+        third_party: list[str] = []
         for ep in eps:
             if ep.name in seen:  # the same distribution visible twice on sys.path
                 continue
             seen.add(ep.name)
-            if allowed is not None and ep.name not in allowed:
-                continue
             dist, version = _distribution_of(ep)
+            builtin = dist == BUILTIN_DISTRIBUTION
+            if not builtin:
+                third_party.append(ep.name)
+            if builtin and not builtins:
+                continue
+            if not builtin and allowed is not None and ep.name not in allowed:
+                continue
             try:
                 module = ep.load()
             except Exception as exc:  # noqa: BLE001 - reported with the original traceback
@@ -208,10 +221,16 @@ class PluginHost:
                 raise PluginLoadError(
                     f"Plugin entry point {ep.name!r} ({ep.value}) from distribution {dist} {version} failed to "
                     f"import: {type(exc).__name__}: {exc}. Fix or uninstall that package, or skip it with "
-                    f"MIRO_LOAD_PLUGINS (a comma-separated list of the entry points to load).\n"
+                    f"MIRO_LOAD_PLUGINS (a comma-separated list of the third-party entry points to load).\n"
                     f"Original traceback:\n{tb}"
                 ) from exc
             self.add_plugin(module, name=ep.name, distribution=dist, version=version)
+        unknown = sorted((allowed or set()) - seen)
+        if unknown:
+            log.warning(
+                "MIRO_LOAD_PLUGINS names %s, which no installed distribution provides (installed third-party "
+                "plugins: %s; the built-ins always load)", ", ".join(unknown), ", ".join(third_party) or "none",
+            )
 
     def add_plugin(self, plugin: Any, *, name: str | None = None, distribution: str = LOCAL_DISTRIBUTION, version: str = "") -> None:
         """Register a plugin object (module or instance) and the sub-modules it lists in ``miro_plugins``."""

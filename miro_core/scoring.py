@@ -15,9 +15,16 @@ Design (documented in ``docs/scoring.md``):
 * Results are buffered per store chunk and written when the chunk's pending rows are all scored: scores and
   failure reasons first, the done codes last, whole chunks only. Under ``torchrun`` rank ``r`` owns the chunks
   ``c`` with ``c % world_size == r``, so writers never share a chunk.
-* Per-sample failures (undecodable image, exception inside the reward, NaN/inf score) are isolated by
-  retrying a failing batch one sample at a time and recorded with their reason; the job goes on. A reward
-  that fails on every sample of its first batch raises (a broken reward must not mark a dataset "failed").
+* Per-sample failures (undecodable image, exception inside the reward, NaN/inf score; for rewards that use
+  text also an empty or non-UTF-8 caption) are isolated by retrying a failing batch one sample at a time and
+  recorded with their reason; the job goes on. Samples that cannot get a row (a repeated id, an id with a
+  NUL byte or control character) are recorded in the store's ``rejected`` attrs (``miro store info``).
+* The broken-reward guard: a reward that fails on each of the first ``guard_samples`` (default 8) samples it
+  is given, whatever the batch size, raises before anything of the job is written (a broken reward must not
+  mark a dataset "failed"). ``retry_failed`` rescores the rows recorded as failed (and only those, with the
+  pending ones) once the cause is fixed.
+* Concurrency (local stores): each job claims the rows it scores; a second job on the same rows of a reward
+  is refused, jobs on disjoint rows (shards of the data) run side by side, chunk writes are serialised.
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ class DecodedBatches(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, source: DataSource, index: Mapping[str, int], wanted: set[int] | np.ndarray,
-                 batch_size: int, limit: int | None, keep_uint8: bool = False):
+                 batch_size: int, limit: int | None, keep_uint8: bool = False, num_rows: int | None = None):
         super().__init__()
         self.source = source
         self.index = index
@@ -63,6 +70,7 @@ class DecodedBatches(torch.utils.data.IterableDataset):
         self.batch_size = batch_size
         self.limit = limit
         self.keep_uint8 = keep_uint8
+        self.num_rows = num_rows
 
     def _wanted_fn(self):
         w = self.wanted
@@ -77,13 +85,16 @@ class DecodedBatches(torch.utils.data.IterableDataset):
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         bs, limit, index = self.batch_size, self.limit, self.index
         wanted = self._wanted_fn()
+        n_rows = self.num_rows if self.num_rows is not None else (max(index.values(), default=-1) + 1)
+        seen = np.zeros(n_rows, bool)  # a repeated id maps to the row of its first occurrence: deliver it once
         k, buf = 0, []
         for pos, sample in enumerate(self.source):
             if limit is not None and pos >= limit:
                 break
             row = index.get(str(sample.id))
-            if row is None or not wanted(row):
+            if row is None or row >= n_rows or seen[row] or not wanted(row):
                 continue
+            seen[row] = True
             if (k // bs) % nw == wid:
                 buf.append((row, sample))
                 if len(buf) == bs:
@@ -98,9 +109,13 @@ class DecodedBatches(torch.utils.data.IterableDataset):
         from .data._decode import decode_raw, image_size, stack_images
 
         errors: dict[int, str] = {}
+        text_errors: dict[int, str] = {}
         groups: dict[tuple[int, int], list[int]] = {}
         raws: list[Any] = [None] * len(items)
         for i, (_, s) in enumerate(items):
+            why = _caption_problem(s)
+            if why:
+                text_errors[i] = why
             try:
                 raw = decode_raw(s.image)
                 raws[i] = raw
@@ -112,6 +127,7 @@ class DecodedBatches(torch.utils.data.IterableDataset):
             "captions": [s.caption or "" for _, s in items],
             "short_captions": [s.short_caption for _, s in items],
             "errors": errors,
+            "text_errors": text_errors,
             "groups": [(np.asarray(idx, dtype=np.int64), stack_images([raws[i] for i in idx]))
                        for idx in groups.values()],
         }
@@ -122,6 +138,29 @@ class DecodedBatches(torch.utils.data.IterableDataset):
     def __iter__(self):
         for items in self._batches_of_items():
             yield self._batch(items, self.keep_uint8)
+
+
+def _caption_problem(sample) -> str | None:
+    """Why a text-using reward cannot score ``sample``'s caption (None when it can)."""
+    meta = getattr(sample, "meta", None) or {}
+    if meta.get("caption_error"):
+        return f"caption unusable: {meta['caption_error']}"
+    if not str(sample.caption or "").strip():
+        return "caption unusable: empty caption (a reward that reads text cannot score it)"
+    return None
+
+
+def _id_problem(sample_id: str) -> str | None:
+    """Why a sample id cannot be a store row (None when it can)."""
+    if sample_id == "":
+        return "unusable id: empty"
+    if "\x00" in sample_id:
+        return "unusable id: contains a NUL byte"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in sample_id):
+        return "unusable id: contains a control character"
+    if len(sample_id) > 4096:
+        return f"unusable id: {len(sample_id)} characters (the limit is 4096)"
+    return None
 
 
 def _stack_uint8(raws: list) -> torch.Tensor | None:
@@ -208,9 +247,9 @@ class _Dist:
 # ---------------------------------------------------------------------------------------------------
 def _normalise_rewards(rewards) -> dict[str, dict[str, Any]]:
     if isinstance(rewards, str):
-        from .cli.score_cmd import parse_reward_list
+        from ._reward_list import parse_reward_list
 
-        rewards = parse_reward_list(rewards)
+        rewards = list(parse_reward_list(rewards))
     if isinstance(rewards, Mapping):
         out = {str(k): dict(v or {}) for k, v in rewards.items()}
     else:
@@ -245,38 +284,46 @@ def _reward_provenance(reward: Reward) -> dict[str, Any]:
 
 
 def _prepare_store(store_url, source, rewards, limit, chunk_rows, job_config):
-    """Rank 0: create/extend the rows, create/check the reward columns, record the job."""
+    """Rank 0: create/extend the rows, create/check the reward columns, record the job.
+
+    Returns the store and the rows of this source's samples (in source order)."""
     from .store import DEFAULT_CHUNK_ROWS, RewardStore
 
     ids, caps, shorts = [], [], []
+    rejected: list[tuple[str, str]] = []
+    first: dict[str, int] = {}
+    n_seen = 0
     for pos, s in enumerate(source):
         if limit is not None and pos >= limit:
             break
-        ids.append(str(s.id))
+        n_seen += 1
+        sid = str(s.id)
+        why = _id_problem(sid)
+        if why is None and sid in first:
+            why = f"duplicate id: sample {pos} of the data repeats the id of sample {first[sid]} (the first is kept)"
+        if why is not None:
+            rejected.append((sid, why))
+            continue
+        first[sid] = pos
+        ids.append(sid)
         caps.append(s.caption or "")
         shorts.append(s.short_caption)
     if not ids:
+        if n_seen:
+            raise MiroError(f"None of the {n_seen} samples of the data source has a usable id (first problem: "
+                            f"{rejected[0][1]}); fix the ids of the data.")
         raise MiroError("The data source yielded no samples; check the --data spec (and --limit).")
+    if rejected:
+        log.warning("%d samples get no row in the store (%s, ...); they are recorded as rejected (`miro store "
+                    "info` counts them)", len(rejected), rejected[0][1])
     have_short = any(x is not None for x in shorts)
-    try:
-        store = RewardStore.open(store_url, "a")
-    except MiroError as exc:
-        if "No reward store" not in str(exc):
-            raise
-        store = RewardStore.create(store_url, ids, caps, shorts if have_short else None,
-                                   chunk_rows=chunk_rows or DEFAULT_CHUNK_ROWS, config=job_config)
-    else:
-        index = store.id_index()
-        new = [i for i, x in enumerate(ids) if x not in index]
-        if len(set(ids)) != len(ids):
-            raise MiroError("The data source yields duplicate sample ids; every sample needs a unique id.")
-        if new:
-            store.append_rows([ids[i] for i in new], [caps[i] for i in new],
-                              [shorts[i] for i in new] if have_short else None)
+    store, _ = RewardStore.open_or_create(store_url, ids, caps, shorts if have_short else None,
+                                          chunk_rows=chunk_rows or DEFAULT_CHUNK_ROWS, config=job_config)
     for name, reward in rewards.items():
         store.ensure_reward(name, _reward_provenance(reward))
-    store.add_history({**job_config, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    return store
+    store.record_rejected(str(job_config.get("data", "")), rejected)
+    store.add_history({**job_config, "rejected": len(rejected), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return store, store.index_of(ids)
 
 
 class _PromptPicker:
@@ -363,7 +410,7 @@ def _score_group(reward: Reward, images: torch.Tensor, prompts: list[str]) -> tu
 
 
 class _ChunkBuffer:
-    """Results of one store chunk until all its pending rows have been scored."""
+    """Results of one store chunk until all the rows this job wants from it have been scored."""
 
     def __init__(self, start: int, end: int, rewards: Sequence[str], pending: dict[str, np.ndarray]):
         n = end - start
@@ -371,32 +418,38 @@ class _ChunkBuffer:
         self.values = {r: np.full(n, np.nan, np.float32) for r in rewards}
         self.reasons: dict[str, dict[int, str]] = {r: {} for r in rewards}  # failures only
         self.status = {r: np.zeros(n, np.uint8) for r in rewards}
-        self.pending = pending  # reward -> bool[n] pending before this run
+        self.pending = pending  # reward -> bool[n]: rows this job scores for that reward
+        self.touched = {r: np.zeros(n, bool) for r in rewards}  # rows that got a result in this job
         self.remaining = int(np.logical_or.reduce([p for p in pending.values()]).sum())
 
-    def flush(self, store) -> None:
+    def flush(self, store, chunk_lock=None) -> None:
+        """Write the chunk: this job's results for the rows it scored, the rows on disk for all the others
+        (re-read under the chunk lock, so a concurrent job on other rows of the chunk loses nothing)."""
+        from contextlib import nullcontext
+
         from .store import STATUS
 
         n = self.end - self.start
         sl = slice(self.start, self.end)
-        for r, pend in self.pending.items():
-            if not pend.any():
+        for r, touched in self.touched.items():
+            if not touched.any():
                 continue
-            status, values = self.status[r], self.values[r]
-            reasons = [""] * n
-            for k, why in self.reasons[r].items():
-                reasons[k] = why
-            if not pend.all():  # keep what earlier runs wrote for the rows that were not pending
-                keep = ~pend
-                old_status = np.asarray(store._arr(f"done/{r}")[sl], np.uint8)
-                old_values = np.asarray(store._arr(f"scores/{r}")[sl], np.float32)
-                old_reasons = np.asarray(store._arr(f"failures/{r}")[sl]).tolist()
-                values = np.where(pend, values, old_values).astype(np.float32)
-                status = np.where(pend, status, old_status).astype(np.uint8)
-                for k in np.flatnonzero(keep).tolist():
-                    reasons[k] = str(old_reasons[k])
-            values = np.where(status == STATUS["failed"], np.float32("nan"), values).astype(np.float32)
-            store.write_scores(r, self.start, values, reasons=reasons, status=status)
+            with (chunk_lock(r, self.start // max(1, store.chunk_rows)) if chunk_lock else nullcontext()):
+                status, values = self.status[r], self.values[r]
+                reasons = [""] * n
+                for k, why in self.reasons[r].items():
+                    reasons[k] = why
+                if not touched.all():  # keep what is on disk for the rows this job did not score
+                    keep = ~touched
+                    old_status = np.asarray(store._arr(f"done/{r}")[sl], np.uint8)
+                    old_values = np.asarray(store._arr(f"scores/{r}")[sl], np.float32)
+                    old_reasons = np.asarray(store._arr(f"failures/{r}")[sl]).tolist()
+                    values = np.where(touched, values, old_values).astype(np.float32)
+                    status = np.where(touched, status, old_status).astype(np.uint8)
+                    for k in np.flatnonzero(keep).tolist():
+                        reasons[k] = str(old_reasons[k])
+                values = np.where(status == STATUS["failed"], np.float32("nan"), values).astype(np.float32)
+                store.write_scores(r, self.start, values, reasons=reasons, status=status)
 
 
 class _Scorer:
@@ -404,10 +457,19 @@ class _Scorer:
     writes whole chunks. Vectorised per batch; per-sample Python work only where a reward needs it
     (``text_fits``) and for failures."""
 
-    def __init__(self, store, rewards: Mapping[str, Reward], buffers: dict[int, _ChunkBuffer], device):
+    def __init__(self, store, rewards: Mapping[str, Reward], buffers: dict[int, _ChunkBuffer], device,
+                 guard_samples: int = 8, expected: Mapping[str, int] | None = None):
         from .store import STATUS
 
         self.store = store
+        self.chunk_lock = store.locks.chunk if getattr(store.locks, "enabled", False) else None
+        # broken-reward guard: a reward must succeed once within its first `threshold` attempted samples
+        self.attempts = dict.fromkeys(rewards, 0)
+        self.threshold = {r: max(2, min(int(guard_samples), int((expected or {}).get(r, guard_samples))))
+                          for r in rewards}
+        self.first_reason: dict[str, str] = {}
+        self.expected = {r: int((expected or {}).get(r, 1)) for r in rewards}
+        self.held: list[_ChunkBuffer] = []  # complete chunks written once every reward passed the guard
         self.rewards = rewards
         self.buffers = buffers
         self.c_rows = store.chunk_rows
@@ -415,6 +477,7 @@ class _Scorer:
         self.non_blocking = self.dev.type == "cuda"
         self.pickers = {name: _PromptPicker(r) for name, r in rewards.items()}
         self.uint8 = {name: bool(getattr(r, "accepts_uint8", False)) for name, r in rewards.items()}
+        self.text = {name: bool(getattr(r, "uses_text", True)) for name, r in rewards.items()}
         self.stats = {r: {"scored": 0, "failed": 0, "truncated": 0, "short_caption": 0} for r in rewards}
         self.successes = dict.fromkeys(rewards, 0)
         self.failed = STATUS["failed"]
@@ -438,8 +501,9 @@ class _Scorer:
         rows = batch["rows"]
         n = rows.shape[0]
         views = self._views(rows)
-        errors: dict[int, str] = batch["errors"]
+        text_errors: dict[int, str] = batch.get("text_errors", {})
         for name, reward in self.rewards.items():
+            errors: dict[int, str] = {**text_errors, **batch["errors"]} if self.text[name] else batch["errors"]
             todo = np.zeros(n, bool)
             for b, pos, local in views:
                 todo[pos] = b.pending[name][local]
@@ -454,8 +518,11 @@ class _Scorer:
                     why[i] = reason
             st = self.stats[name]
             groups_u8 = batch.get("groups_u8")
+            skip = np.zeros(n, bool)
+            if errors:
+                skip[np.fromiter(errors.keys(), dtype=np.int64, count=len(errors))] = True
             for g, (idx, imgs) in enumerate(batch["groups"]):
-                sel = todo[idx]
+                sel = todo[idx] & ~skip[idx]
                 if not sel.any():
                     continue
                 if self.uint8[name] and groups_u8 is not None and groups_u8[g] is not None:
@@ -466,13 +533,11 @@ class _Scorer:
                 values, reasons = _score_group(reward, group_imgs.to(self.dev, non_blocking=self.non_blocking), prompts)
                 failed = [j for j, r in enumerate(reasons) if r]
                 ok_count = len(members) - len(failed)
-                if ok_count == 0 and self.successes[name] == 0 and len(members) > 1:
-                    raise MiroError(
-                        f"Reward {name!r} failed on every sample of its first batch ({reasons[0]}); "
-                        "it looks broken rather than the data. Fix the reward or its options and rerun "
-                        "(nothing was marked as scored)."
-                    )
+                self.attempts[name] += len(members)
                 self.successes[name] += ok_count
+                if failed and name not in self.first_reason:
+                    self.first_reason[name] = reasons[failed[0]]
+                self._check_guard(name, final=False)
                 vals[members] = values
                 if failed:
                     pcodes = pcodes.copy()
@@ -490,9 +555,11 @@ class _Scorer:
                 if t.all():
                     b.values[name][local] = vals[pos]
                     b.status[name][local] = codes[pos]
+                    b.touched[name][local] = True
                 else:
                     b.values[name][local[t]] = vals[pos][t]
                     b.status[name][local[t]] = codes[pos][t]
+                    b.touched[name][local[t]] = True
             for i, reason in why.items():
                 row = int(rows[i])
                 c = row // self.c_rows
@@ -500,13 +567,34 @@ class _Scorer:
         for b, pos, _ in views:
             b.remaining -= n if isinstance(pos, slice) else len(pos)
             if b.remaining <= 0:
-                b.flush(self.store)
                 del self.buffers[b.start // self.c_rows]
+                self.held.append(b)
+        if self.held and self._guard_passed():
+            for b in self.held:
+                b.flush(self.store, self.chunk_lock)
+            self.held.clear()
         return n
 
+    def _guard_passed(self) -> bool:
+        return all(self.successes[r] > 0 or not self.expected.get(r, 0) for r in self.rewards)
+
+    def _check_guard(self, name: str, final: bool) -> None:
+        if self.successes[name] or self.attempts[name] < (2 if final else self.threshold[name]):
+            return
+        raise MiroError(
+            f"Reward {name!r} failed on each of the first {self.attempts[name]} samples it was given "
+            f"(first error: {self.first_reason.get(name, '?')}); it looks broken rather than the data. Fix the "
+            "reward or its options and rerun (nothing of this job was written)."
+        )
+
     def flush_all(self) -> None:
-        for c in sorted(self.buffers):  # rows absent from this source stay pending
-            self.buffers[c].flush(self.store)
+        for name in self.rewards:
+            self._check_guard(name, final=True)
+        for b in self.held:
+            b.flush(self.store, self.chunk_lock)
+        self.held.clear()
+        for c in sorted(self.buffers):  # rows absent from this source stay as they are on disk
+            self.buffers[c].flush(self.store, self.chunk_lock)
         self.buffers.clear()
 
 
@@ -524,13 +612,17 @@ def score_dataset(
     progress: bool = True,
     chunk_rows: int | None = None,
     data_spec: str | None = None,
+    retry_failed: bool = False,
+    guard_samples: int = 8,
 ) -> dict[str, Any]:
     """Score ``source`` with ``rewards`` into the store at ``store_url``; return a summary dict.
 
     ``rewards``: names, or ``{name: options}``. ``rank`` / ``world_size`` default to the torchrun
     environment (``RANK`` / ``WORLD_SIZE``). ``workers``: decode processes per rank, ``None`` = automatic
     (:func:`auto_workers`). ``chunk_rows`` applies to a newly created store. Resumable: rows already
-    scored (or recorded as failed) for a reward are skipped.
+    scored (or recorded as failed) for a reward are skipped; with ``retry_failed`` the failed ones are scored
+    again (their old reason is replaced by the new result). ``guard_samples``: a reward that fails on each of
+    its first that many samples raises before anything is written (see the module docstring).
     """
     from ._plugins import registry
     from .data import resolve_data
@@ -542,6 +634,8 @@ def score_dataset(
         source = resolve_data(source)
     if batch_size < 1:
         raise MiroError(f"batch_size must be >= 1, got {batch_size}.")
+    if guard_samples < 1:
+        raise MiroError(f"guard_samples must be >= 1, got {guard_samples}.")
     if workers is None:
         workers = auto_workers(device)
     if workers < 0:
@@ -558,13 +652,15 @@ def score_dataset(
         "batch_size": batch_size,
         "device": str(device),
         "limit": limit,
+        "retry_failed": bool(retry_failed),
     }
     dist = _Dist(rank, world_size)
     try:
         ok, err = True, None
+        source_rows = None
         if dist.rank == 0:
             try:
-                _prepare_store(store_url, source, objs, limit, chunk_rows, job_config)
+                _, source_rows = _prepare_store(store_url, source, objs, limit, chunk_rows, job_config)
             except Exception as exc:  # noqa: BLE001 - re-raised after telling the other ranks
                 ok, err = False, exc
         if not dist.agree(ok):
@@ -573,26 +669,38 @@ def score_dataset(
             raise MiroError("Rank 0 failed to prepare the reward store; see its error message.")
         store = RewardStore.open(store_url, "a")  # one handle for the whole job (arrays are re-read per access)
         n_chunks = store.num_chunks()
-        statuses = {r: store.status(r) for r in objs}
-        buffers: dict[int, _ChunkBuffer] = {}
-        wanted = np.zeros(store.num_rows, bool)
+        # rows this job scores per reward: pending (or failed, with retry_failed), in chunks this rank owns, and
+        # (single process: rank 0 knows them) delivered by this source: a job on other shards keeps its rows
+        todo_codes = [STATUS["pending"], STATUS["failed"]] if retry_failed else [STATUS["pending"]]
+        mine = np.zeros(store.num_rows, bool)
         for c in range(dist.rank, n_chunks, dist.world_size):
             s, e = store.chunk_bounds(c)
-            pend = {r: statuses[r][s:e] == STATUS["pending"] for r in objs}
-            buf = _ChunkBuffer(s, e, list(objs), pend)
-            if buf.remaining:
-                buffers[c] = buf
-                wanted[s:e] = np.logical_or.reduce(list(pend.values()))
+            mine[s:e] = True
+        if source_rows is not None and dist.world_size == 1:
+            in_source = np.zeros(store.num_rows, bool)
+            in_source[source_rows] = True
+            mine &= in_source
+        todo = {r: np.isin(store.status(r), todo_codes) & mine for r in objs}
+        buffers: dict[int, _ChunkBuffer] = {}
+        wanted = np.logical_or.reduce(list(todo.values())) if todo else np.zeros(store.num_rows, bool)
+        for c in range(dist.rank, n_chunks, dist.world_size):
+            s, e = store.chunk_bounds(c)
+            if wanted[s:e].any():
+                buffers[c] = _ChunkBuffer(s, e, list(objs), {r: todo[r][s:e] for r in objs})
         n_wanted = int(wanted.sum())
-        log.info("rank %d: %d rows pending in %d chunks, %d decode workers", dist.rank, n_wanted, len(buffers), workers)
+        log.info("rank %d: %d rows to score in %d chunks, %d decode workers", dist.rank, n_wanted, len(buffers), workers)
 
-        scorer = _Scorer(store, objs, buffers, device)
+        from ._store_locks import claim_all
+
+        expected = {r: int(t.sum()) for r, t in todo.items()}
+        scorer = _Scorer(store, objs, buffers, device, guard_samples=guard_samples, expected=expected)
         processed = 0
         ok, err = True, None
         try:
+            claim_all(store.locks, [(r, np.flatnonzero(t)) for r, t in todo.items() if t.any()], store_url)
             if n_wanted:
                 dataset = DecodedBatches(source, store.id_index(), wanted, batch_size, limit,
-                                         keep_uint8=any(scorer.uint8.values()))
+                                         keep_uint8=any(scorer.uint8.values()), num_rows=store.num_rows)
                 loader = torch.utils.data.DataLoader(
                     dataset, batch_size=None, num_workers=workers, collate_fn=_identity,
                     prefetch_factor=4 if workers > 0 else None, persistent_workers=False,
@@ -632,6 +740,8 @@ def score_dataset(
                     )
         except Exception as exc:  # noqa: BLE001 - re-raised after telling the other ranks
             ok, err = False, exc
+        finally:
+            store.locks.release_claims()
         all_ok = dist.agree(ok)
         if err is not None:
             raise err

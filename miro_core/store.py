@@ -12,17 +12,23 @@ Layout (DESIGN.md section 5, documented in ``docs/store.md``)::
     done/<reward>    [N] uint8        0 pending, 1 scored, 2 failed, 3 scored with a truncated caption,
                                       4 scored with the short caption. Written after scores/failures of a
                                       chunk: a row counts as done only once both are on disk.
-    bins/<binner>/<reward> [N] int16  -1 = missing; attrs: fitted state, binner, options, calibration
+    bins/<binner>/<reward> [N] int16  -1 = missing; attrs: fitted state, binner, options, calibration, and
+                                      what was binned: ``num_rows`` and ``scores_fingerprint`` (a hash of the
+                                      scores). Reading levels of bins whose store has other rows or scores
+                                      now is an error that says ``miro bin`` fixes it.
 
 Every array is chunked along rows with the same ``chunk_rows``; writers write whole chunks, so disjoint
 writers (ranks of one job) never touch the same object. Local paths use zarr's ``LocalStore`` (atomic
-write-then-rename), other URLs go through fsspec (object stores put whole objects atomically).
+write-then-rename, zarr >= 3.1.3), other URLs go through fsspec (object stores put whole objects atomically).
+Local stores also carry inter-process locks in ``.miro-locks/`` (see :mod:`miro_core._store_locks`):
+metadata changes are serialised, and two jobs scoring the same rows of a reward are refused.
 """
 
 from __future__ import annotations
 
 __all__ = ["RewardStore", "STATUS", "FORMAT_VERSION", "open_store"]
 
+import hashlib
 import json
 import logging
 import os
@@ -34,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import StoreError
+from ._store_locks import NoLocks, StoreLocks, locks_for
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +59,29 @@ def _silence_zarr_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*Consolidated metadata.*", category=UserWarning)
     warnings.filterwarnings("ignore", message=".*StringDType.*", category=UserWarning)
     warnings.filterwarnings("ignore", message=".*vlen-utf8.*", category=UserWarning)
+    # the lock directory (.miro-locks) and partial files of a killed writer are not zarr nodes
+    warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy.*")
+
+
+#: dtype kind each array family must have (a store is refused if one differs: nothing is decoded as objects)
+_EXPECTED_KINDS = {"ids": "T", "captions": "T", "short_captions": "T", "scores": "f", "failures": "T", "done": "u",
+                   "bins": "i"}
+
+
+def scores_fingerprint(values: np.ndarray) -> str:
+    """A hash of a score column (NaN payloads canonicalised): what ``bins/`` attrs record as what they binned."""
+    v = np.array(values, dtype=np.float32, copy=True).reshape(-1)
+    v[np.isnan(v)] = np.float32("nan")
+    return "blake2b-128:" + hashlib.blake2b(v.tobytes(), digest_size=16).hexdigest()
+
+
+def local_path(url: str) -> str | None:
+    """The absolute local path of a store URL, or None for an fsspec URL."""
+    if url.startswith("file://"):
+        url = url[len("file://") :]
+    if "://" in url:
+        return None
+    return os.path.abspath(os.path.expanduser(url))
 
 
 def _to_store(url: str, mode: str):
@@ -106,6 +136,17 @@ class RewardStore:
         self.mode = mode
         self._ids_cache: np.ndarray | None = None
         self._index: dict[str, int] | None = None
+        self.locks: StoreLocks | NoLocks = locks_for(local_path(url)) if mode == "a" else NoLocks()
+
+    def _refresh(self) -> None:
+        """Re-read the metadata from the store (another process may have appended rows or columns)."""
+        import zarr
+
+        if self.mode != "a":
+            return
+        self._group = zarr.open_group(store=self._group.store, mode="r+", use_consolidated=False)
+        self._ids_cache = None
+        self._index = None
 
     # ------------------------------------------------------------------------------------------ open
     @classmethod
@@ -129,13 +170,22 @@ class RewardStore:
         ids = [str(i) for i in ids]
         cls._check_unique(ids)
         store = _to_store(url, "w")
+        with locks_for(local_path(url)).store():
+            return cls._create_locked(url, store, ids, captions, short_captions, chunk_rows=chunk_rows,
+                                      overwrite=overwrite, config=config)
+
+    @classmethod
+    def _create_locked(cls, url, store, ids, captions, short_captions, *, chunk_rows, overwrite, config):
+        import zarr
+
         if not overwrite and cls._exists(store):
             raise StoreError(
                 f"A reward store already exists at {url}. Open it with RewardStore.open(url, 'a') to add rows or "
                 "rewards, or pass overwrite=True to replace it."
             )
         try:
-            group = zarr.open_group(store=store, mode="w", zarr_format=3)
+            # "a" creates the group without clearing the directory (its .miro-locks must survive)
+            group = zarr.open_group(store=store, mode="w" if overwrite else "a", zarr_format=3)
         except (OSError, PermissionError) as exc:
             raise StoreError(f"Cannot write a store at {url}: {exc}. Pass a writable --store location.") from exc
         n = len(ids)
@@ -162,6 +212,37 @@ class RewardStore:
         return self
 
     @classmethod
+    def open_or_create(
+        cls,
+        url: str,
+        ids: Sequence[str],
+        captions: Sequence[str] | None = None,
+        short_captions: Sequence[str | None] | None = None,
+        *,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        config: Mapping[str, Any] | None = None,
+    ) -> tuple[RewardStore, int]:
+        """Open the store at ``url`` for writing and append the ``ids`` it lacks, or create it with them.
+
+        One step under the store lock, so concurrent jobs (disjoint shards of one store) never race on the
+        creation or on an append. Returns ``(store, number of rows appended)``."""
+        _silence_zarr_warnings()
+        ids = [str(i) for i in ids]
+        cls._check_unique(ids)
+        store = _to_store(url, "w")
+        with locks_for(local_path(url)).store():
+            if not cls._exists(store):
+                return cls._create_locked(url, store, ids, captions, short_captions, chunk_rows=chunk_rows,
+                                          overwrite=False, config=config), len(ids)
+            self = cls.open(url, "a")
+            index = self.id_index()
+            new = [i for i, x in enumerate(ids) if x not in index]
+            if new:
+                self.append_rows([ids[i] for i in new], None if captions is None else [captions[i] for i in new],
+                                 None if short_captions is None else [short_captions[i] for i in new])
+            return self, len(new)
+
+    @classmethod
     def open(cls, url: str, mode: str = "r") -> RewardStore:
         """Open an existing store for reading (``"r"``) or appending/scoring (``"a"``)."""
         import zarr
@@ -175,8 +256,8 @@ class RewardStore:
         if not cls._exists(store):
             raise StoreError(f"No reward store at {url} (no zarr group there). Create one with `miro score --store {url}`.")
         try:
-            group = zarr.open_group(store=store, mode="r" if mode == "r" else "r+")
-        except (FileNotFoundError, ValueError, KeyError) as exc:
+            group = zarr.open_group(store=store, mode="r" if mode == "r" else "r+", zarr_format=3)
+        except (FileNotFoundError, ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"{url} is not a readable zarr group ({exc}); is it a MIRO reward store?") from exc
         if group.attrs.get("miro_store_format") != FORMAT_NAME:
             raise StoreError(f"{url} is a zarr group but not a MIRO reward store (no miro_store_format attribute).")
@@ -187,8 +268,41 @@ class RewardStore:
             )
         if mode == "a":
             # the consolidated copy may lag the real metadata if a writer was killed; re-read the truth
-            group = zarr.open_group(store=store, mode="r+", use_consolidated=False)
-        return cls(url, group, mode)
+            group = zarr.open_group(store=store, mode="r+", use_consolidated=False, zarr_format=3)
+        self = cls(url, group, mode)
+        self._validate_layout()
+        return self
+
+    def _validate_layout(self) -> None:
+        """Refuse a store whose arrays are not the documented layout (missing ``ids``, object/pickle codecs,
+        wrong dtypes, rows past the arrays): nothing of such a store is decoded."""
+        problems = []
+        for key in ("num_rows", "chunk_rows"):
+            if not isinstance(self._group.attrs.get(key), int) or int(self._group.attrs[key]) < (1 if key == "chunk_rows" else 0):
+                problems.append(f"attribute {key!r} is {self._group.attrs.get(key)!r}, not a non-negative integer")
+        if not self._has("ids"):
+            problems.append("it has no 'ids' array")
+        if not problems:
+            n = self.num_rows
+            for arr in self._all_row_arrays():
+                family = arr.path.split("/")[0]
+                meta = arr.metadata
+                codecs = [getattr(c, "codec_name", None) or type(c).__name__ for c in getattr(meta, "codecs", ())]
+                if getattr(meta, "zarr_format", 3) != 3:
+                    problems.append(f"array {arr.path!r} is zarr format {meta.zarr_format}, not 3")
+                if any("pickle" in str(c).lower() for c in codecs):
+                    problems.append(f"array {arr.path!r} uses a pickle codec ({codecs}); it is never decoded")
+                want = _EXPECTED_KINDS.get(family)
+                kind = np.dtype(arr.dtype).kind if family in _EXPECTED_KINDS else None
+                if want is not None and not (kind == want or (want == "T" and kind in ("U", "T"))):
+                    problems.append(f"array {arr.path!r} has dtype {arr.dtype}, expected kind {want!r}")
+                if family in _EXPECTED_KINDS and (arr.ndim != 1 or arr.shape[0] < n):
+                    problems.append(f"array {arr.path!r} has shape {arr.shape}, fewer than the {n} committed rows")
+        if problems:
+            raise StoreError(
+                f"Store {self.url} is not a valid MIRO reward store: {'; '.join(problems[:5])}. It may be corrupt, "
+                "from another tool or crafted; nothing was read from it. Rebuild it with `miro score`."
+            )
 
     @staticmethod
     def _exists(store) -> bool:
@@ -322,6 +436,11 @@ class RewardStore:
         ids = [str(i) for i in ids]
         if not ids:
             return
+        with self.locks.store():
+            self._refresh()
+            self._append_rows_locked(ids, captions, short_captions)
+
+    def _append_rows_locked(self, ids, captions, short_captions) -> None:
         self._check_unique(ids, self.id_index())
         start = self.num_rows
         new_n = start + len(ids)
@@ -372,16 +491,25 @@ class RewardStore:
                 )
             return
         self._writable()
-        attrs = {**metadata, "reward": name, "count_scored": 0, "count_failed": 0, "count_truncated": 0,
-                 "count_short_caption": 0}
-        self._make(f"scores/{name}", "float32", float("nan"), attrs)
-        self._make(f"failures/{name}", str, "")
-        self._make(f"done/{name}", "uint8", 0)
-        self._consolidate()
+        with self.locks.store():
+            self._refresh()
+            if name in self.rewards():  # another process created it meanwhile: check it again
+                return self.ensure_reward(name, metadata)
+            attrs = {**metadata, "reward": name, "count_scored": 0, "count_failed": 0, "count_truncated": 0,
+                     "count_short_caption": 0}
+            self._make(f"scores/{name}", "float32", float("nan"), attrs)
+            self._make(f"failures/{name}", str, "")
+            self._make(f"done/{name}", "uint8", 0)
+            self._consolidate()
 
     def drop_reward(self, name: str) -> None:
         """Delete every array of reward ``name`` (scores, failures, done and its bins)."""
         self._writable()
+        with self.locks.store():
+            self._drop_reward_locked(name)
+
+    def _drop_reward_locked(self, name: str) -> None:
+        self._refresh()
         for path in (f"scores/{name}", f"failures/{name}", f"done/{name}"):
             if self._has(path):
                 del self._group[path]
@@ -467,26 +595,61 @@ class RewardStore:
         }
 
     def finalize_reward(self, name: str) -> dict[str, int]:
-        """Recompute the count attrs of ``scores/<reward>`` from the arrays (one writer, after a job)."""
+        """Recompute the count attrs of ``scores/<reward>`` from the arrays (after a job)."""
         self._writable()
-        counts = self.reward_counts(name)
-        self._arr(f"scores/{name}").attrs.update(
-            {
-                "count_scored": counts["scored"],
-                "count_failed": counts["failed"],
-                "count_truncated": counts["truncated"],
-                "count_short_caption": counts["short_caption"],
-            }
-        )
-        self._consolidate()
+        with self.locks.store():
+            self._refresh()
+            counts = self.reward_counts(name)
+            self._arr(f"scores/{name}").attrs.update(
+                {
+                    "count_scored": counts["scored"],
+                    "count_failed": counts["failed"],
+                    "count_truncated": counts["truncated"],
+                    "count_short_caption": counts["short_caption"],
+                }
+            )
+            self._consolidate()
         return counts
 
     def add_history(self, record: Mapping[str, Any]) -> None:
         self._writable()
-        hist = list(self._group.attrs.get("history", []))
-        hist.append(_jsonable(dict(record)))
-        self._group.attrs["history"] = hist
-        self._consolidate()
+        with self.locks.store():
+            self._refresh()
+            hist = list(self._group.attrs.get("history", []))
+            hist.append(_jsonable(dict(record)))
+            self._group.attrs["history"] = hist
+            self._consolidate()
+
+    # ------------------------------------------------------------------------------ rejected samples
+    def record_rejected(self, data: str, rejected: Sequence[tuple[str, str]], *, examples: int = 20) -> None:
+        """Record the samples of data spec ``data`` that got no row (duplicate or unusable ids), replacing
+        an earlier record of the same data (a rerun on the same data finds the same ones again)."""
+        self._writable()
+        by_reason: dict[str, int] = {}
+        for _, reason in rejected:
+            kind = reason.split(":", 1)[0]
+            by_reason[kind] = by_reason.get(kind, 0) + 1
+        entry = {"count": len(rejected), "by_reason": by_reason,
+                 "examples": [[repr(i) if not i.isprintable() else i, r] for i, r in list(rejected)[:examples]]}
+        with self.locks.store():
+            self._refresh()
+            rec = dict(self._group.attrs.get("rejected", {}))
+            if rejected:
+                rec[str(data)] = entry
+            else:
+                rec.pop(str(data), None)
+            self._group.attrs["rejected"] = _jsonable(rec)
+            self._consolidate()
+
+    def rejected(self) -> dict[str, Any]:
+        """``{"count": n, "by_reason": {...}, "by_data": {spec: {...}}}`` of the samples that got no row."""
+        rec = dict(self._group.attrs.get("rejected", {}) or {})
+        total, by_reason = 0, {}
+        for entry in rec.values():
+            total += int(entry.get("count", 0))
+            for k, v in dict(entry.get("by_reason", {})).items():
+                by_reason[k] = by_reason.get(k, 0) + int(v)
+        return {"count": total, "by_reason": by_reason, "by_data": rec}
 
     # ------------------------------------------------------------------------------------------ bins
     def binnings(self) -> dict[str, list[str]]:
@@ -522,6 +685,11 @@ class RewardStore:
                 )
         reg = registry("binners").get(binner_name)
         binner = registry("binners").create(binner_name, dict(options or {}))
+        with self.locks.store():
+            self._refresh()
+            return self._bin_locked(binner_name, reg, binner, rewards, calibration_size, seed)
+
+    def _bin_locked(self, binner_name, reg, binner, rewards, calibration_size, seed) -> dict[str, dict[str, Any]]:
         states: dict[str, dict[str, Any]] = {}
         for r in rewards:
             scores = self.scores(r)
@@ -546,6 +714,8 @@ class RewardStore:
                 "distribution": reg.distribution,
                 "distribution_version": reg.version,
                 "reward_metadata": {k: self.reward_metadata(r).get(k) for k in _COMPAT_KEYS},
+                "num_rows": int(self.num_rows),
+                "scores_fingerprint": scores_fingerprint(scores),
             }
             arr = self._make(f"bins/{binner_name}/{r}", "int16", -1, attrs)
             arr[: self.num_rows] = bins
@@ -553,8 +723,34 @@ class RewardStore:
         self._consolidate()
         return states
 
+    def bin_staleness(self, binner: str, reward: str) -> str | None:
+        """Why ``bins/<binner>/<reward>`` no longer describes the scores (None when it still does)."""
+        attrs = self.bin_attrs(binner, reward)
+        if "num_rows" not in attrs or "scores_fingerprint" not in attrs:
+            return "they were written by an older miro that recorded neither the row count nor the scores they binned"
+        if int(attrs["num_rows"]) != self.num_rows:
+            return (f"they were fitted on {int(attrs['num_rows'])} rows and the store now has {self.num_rows} "
+                    "(rows added since binning would read as 'missing score')")
+        if attrs["scores_fingerprint"] != scores_fingerprint(self.scores(reward)):
+            return "the scores changed after binning (rows rescored or retried)"
+        return None
+
+    def stale_bins(self, binner: str, rewards: Sequence[str] | None = None) -> dict[str, str]:
+        """``{reward: reason}`` for the binned rewards (of ``rewards``, default all) whose bins are stale."""
+        have = self.binnings().get(binner, [])
+        out = {}
+        for r in (rewards if rewards is not None else have):
+            if r in have:
+                why = self.bin_staleness(binner, r)
+                if why:
+                    out[r] = why
+        return out
+
     def levels(self, rewards: Sequence[str], binner: str, rows=None) -> np.ndarray:
-        """Normalised levels ``k/(B-1)`` as float32 ``[n, len(rewards)]``; NaN where the bin is missing."""
+        """Normalised levels ``k/(B-1)`` as float32 ``[n, len(rewards)]``; NaN where the bin is missing.
+
+        Raises :class:`StoreError` if any bins are stale (the store has other rows or scores than were binned):
+        new rows would otherwise train as "missing score"."""
         from .interfaces import Binner
 
         have = self.binnings().get(binner)
@@ -570,6 +766,15 @@ class RewardStore:
                     f"Reward {r!r} is not binned with {binner!r} in {self.url} (binned: {', '.join(have)}). "
                     f"Run `miro bin --store {self.url} --binner {binner} --rewards {r}`."
                 )
+        stale = self.stale_bins(binner, list(rewards))
+        if stale:
+            detail = "; ".join(f"{r}: {why}" for r, why in stale.items())
+            raise StoreError(
+                f"The {binner!r} bins of {', '.join(stale)} in store {self.url} are stale: {detail}. Rebin with "
+                f"`miro bin --store {self.url} --binner {binner} --rewards {','.join(stale)}` (same --bins as before; "
+                "rebinning never rescores)."
+            )
+        for r in rewards:
             b = self.bins(binner, r)
             if rows is not None:
                 b = b[np.asarray(rows)]
@@ -588,6 +793,8 @@ class RewardStore:
             "has_short_captions": self._has("short_captions"),
             "rewards": {r: self.reward_counts(r) for r in self.rewards()},
             "binners": self.binnings(),
+            "stale_bins": {b: self.stale_bins(b) for b in self.binnings() if self.stale_bins(b)},
+            "rejected": self.rejected(),
         }
 
     def __repr__(self) -> str:

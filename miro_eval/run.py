@@ -17,7 +17,6 @@ import argparse
 import hashlib
 import json
 import logging
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -29,8 +28,6 @@ from miro_core import ConfigError, MiroError, apply_overrides, load_toml, struct
 from ._run_config import PRESETS, SMALL_BACKBONES, RunConfig
 
 log = logging.getLogger("miro_eval.run")
-
-_REWARD_LIST = re.compile(r"^[A-Za-z0-9_.\-]+(,[A-Za-z0-9_.\-]+)*$")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -75,20 +72,11 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_reward_list(text: str) -> tuple[str, ...]:
-    """``"a,b,c"`` -> ``("a", "b", "c")``; rejects empty items, spaces and duplicates with a clear error."""
-    raw = text.strip()
-    if raw.lower() == "none":
-        return ()
-    if not _REWARD_LIST.match(raw):
-        raise ConfigError(
-            f"--rewards {text!r} is malformed: give reward names separated by commas, with no spaces or empty "
-            "items, e.g. --rewards world_sharpness,world_alignment (see `miro plugins --kind rewards`)."
-        )
-    names = tuple(raw.split(","))
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ConfigError(f"--rewards lists {', '.join(dup)} more than once; give each reward once.")
-    return names
+    """``"a,b,c"`` -> ``("a", "b", "c")``, ``"none"`` -> ``()``: the shared rules of ``miro score`` / ``miro
+    train`` (:func:`miro_core._reward_list.parse_reward_list`)."""
+    from miro_core._reward_list import parse_reward_list as _parse
+
+    return _parse(text, allow_none=True)
 
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:
@@ -311,11 +299,15 @@ class MiroRun:
             return
         store = RewardStore.open(self.store_url, "a")
         have = store.binnings().get(self.cfg.binner, [])
+        stale = store.stale_bins(self.cfg.binner, list(self.cfg.rewards))  # rows added or rescored since binning
         todo = []
         for r in self.cfg.rewards:
-            if r not in have or int(store.bin_attrs(self.cfg.binner, r).get("num_bins", -1)) != self.cfg.bins \
+            if r not in have or r in stale \
+                    or int(store.bin_attrs(self.cfg.binner, r).get("num_bins", -1)) != self.cfg.bins \
                     or int(store.bin_attrs(self.cfg.binner, r).get("seed", -1)) != self.cfg.seed:
                 todo.append(r)
+        if stale:
+            log.info("rebinning %s: %s", ", ".join(stale), "; ".join(stale.values()))
         if todo:
             store.bin(self.cfg.binner, {"num_bins": self.cfg.bins}, rewards=todo, seed=self.cfg.seed)
 

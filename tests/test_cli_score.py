@@ -68,9 +68,11 @@ def test_score_info_bin_roundtrip(folder, tmp_path, capsys):
     "rewards_arg, message",
     [
         ("brightnes", "Did you mean 'brightness'"),
-        ("brightness,,redness", "Malformed reward list"),
-        (" ", "Malformed reward list"),
-        ("brightness,brightness", "listed twice"),
+        ("brightness,,redness", "is malformed (an empty item)"),
+        (" ", "is malformed"),
+        ("brightness, redness", "is malformed"),
+        ("all", "not accepted here"),
+        ("brightness,brightness", "more than once"),
     ],
 )
 def test_bad_rewards_exit_2(folder, tmp_path, capsys, rewards_arg, message):
@@ -137,9 +139,17 @@ def test_kill9_then_resume_equals_uninterrupted(tmp_path):
     proc.wait()
     partial = _done_rows(url)
     assert 8 <= partial < 40
-    proc = _run_helper(*argv)
+    killed = RewardStore.open(url)
+    done_before = killed.scored_mask("brightness") | killed.scored_mask("redness")
+    scores_before = {r: killed.scores(r) for r in ("brightness", "redness")}
+    bright_before = int(killed.scored_mask("brightness").sum())  # (a store handle reads lazily: snapshot now)
+    proc = _run_helper(*argv, "--json")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode()
+    summary = json.loads(out)
+    # the resumed run scored exactly the rows that were not done when it was killed
+    assert summary["rows_processed"] == 40 - int(done_before.sum())
+    assert summary["this_run"]["brightness"]["scored"] == 40 - bright_before
     ref = str(tmp_path / "ref")
     score_dataset(str(root), {"brightness": {"sleep": 0.15}, "redness": {}}, ref, batch_size=8, chunk_rows=4,
                   progress=False)
@@ -148,8 +158,9 @@ def test_kill9_then_resume_equals_uninterrupted(tmp_path):
     for r in ("brightness", "redness"):
         np.testing.assert_array_equal(a.scores(r), b.scores(r))
         assert a.scored_mask(r).all() and a.failures(r) == []
-    # the resumed run scored only what was missing
-    assert len(a.attrs["history"]) == 2
+        # what was on disk before the kill was kept as it was
+        np.testing.assert_array_equal(a.scores(r)[done_before], scores_before[r][done_before])
+    assert len(a.attrs["history"]) == 2  # one record per job
 
 
 @pytest.mark.slow

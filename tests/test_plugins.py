@@ -119,9 +119,10 @@ def fresh_global_host():
     reset_plugins()
 
 
-def _host(monkeypatch, *entry_points: str) -> PluginHost:
+def _host(monkeypatch, *entry_points: str, builtins: bool = False) -> PluginHost:
+    """A host with only these third-party entry points (and, with ``builtins``, miro's own)."""
     monkeypatch.setenv("MIRO_LOAD_PLUGINS", ",".join(entry_points))
-    return PluginHost()
+    return PluginHost(builtins=builtins)
 
 
 # ----------------------------------------------------------------------------------------------- registries
@@ -297,10 +298,33 @@ def test_same_name_from_two_distributions(site, monkeypatch):
     assert "shiny_dup" in _host(monkeypatch, ep2)["rewards"]  # restricting loading resolves it
 
 
-def test_miro_load_plugins_empty_loads_nothing(site, monkeypatch):
+def test_miro_load_plugins_empty_loads_no_third_party_but_every_builtin(site, monkeypatch):
     site("broken-dist2", "0.1", "raise ImportError('must not be imported')\n")
-    host = _host(monkeypatch)  # MIRO_LOAD_PLUGINS="" -> no entry point at all, built-ins included
-    assert all(len(host[k]) == 0 for k in KINDS)
+    host = _host(monkeypatch, builtins=True)  # MIRO_LOAD_PLUGINS="": no third-party entry point
+    assert "hasler_colorfulness" not in host["rewards"] and "zscore" not in host["binners"]
+    for kind in KINDS:  # every built-in component is there, from the miro distribution
+        assert len(host[kind]) > 0, kind
+        assert {r.distribution for r in host[kind]} == {"miro"}, kind
+    assert {"quantile", "uniform", "refined_quantile"} <= set(host["binners"].names())
+    assert {"score", "bin", "plugins", "store info", "train"} <= set(host["commands"].names())
+    isolated = _host(monkeypatch)  # builtins=False (tests only): nothing at all
+    assert all(len(isolated[k]) == 0 for k in KINDS)
+
+
+def test_miro_plugins_works_with_empty_miro_load_plugins(monkeypatch, capsys, fresh_global_host):
+    """The issue's report: `MIRO_LOAD_PLUGINS= miro plugins` failed with "invalid choice"."""
+    monkeypatch.setenv("MIRO_LOAD_PLUGINS", "")
+    assert main(["plugins", "--json", "--kind", "binners"]) == 0
+    names = [i["name"] for i in json.loads(capsys.readouterr().out)["binners"]]
+    assert "quantile" in names and "zscore" not in names
+
+
+def test_miro_load_plugins_unknown_name_warns(monkeypatch, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="miro_core._plugins"):
+        _host(monkeypatch, "no_such_plugin_xyz", builtins=True)
+    assert "no_such_plugin_xyz" in caplog.text and "miro_example" in caplog.text
 
 
 def test_miro_load_plugins_list_loads_only_those(site, monkeypatch):
@@ -309,9 +333,12 @@ def test_miro_load_plugins_list_loads_only_those(site, monkeypatch):
     host = _host(monkeypatch, good, "miro_example")
     assert host["rewards"].names() == ["hasler_colorfulness", "shiny_only"]
     assert host["binners"].names() == ["zscore"]
-    assert host["commands"].names() == []  # miro_core's built-in commands were not loaded either
+    assert host["commands"].names() == []  # builtins=False: miro's own commands were not loaded either
     monkeypatch.setenv("MIRO_LOAD_PLUGINS", f" {good} , ,")  # spaces and empty items are ignored
-    assert PluginHost()["rewards"].names() == ["shiny_only"]
+    assert PluginHost(builtins=False)["rewards"].names() == ["shiny_only"]
+    with_builtins = PluginHost()["rewards"]  # the default: built-ins + the listed third-party plugin
+    assert "shiny_only" in with_builtins and "world_sharpness" in with_builtins
+    assert "hasler_colorfulness" not in with_builtins
 
 
 def test_check_pending_misspelled_hook_fails_loudly(site, monkeypatch):
@@ -339,7 +366,7 @@ def test_extra_plugins_register_as_local(monkeypatch):
 
     mod.miro_register_binners = miro_register_binners
     monkeypatch.setenv("MIRO_LOAD_PLUGINS", "")
-    host = PluginHost(extra_plugins=[(mod, "local")])
+    host = PluginHost(extra_plugins=[(mod, "local")], builtins=False)
     reg = host["binners"].get("fake")
     assert reg.distribution == "<local>" and reg.plugin == "local"
 
@@ -368,9 +395,10 @@ def test_miro_plugins_text(monkeypatch, capsys, fresh_global_host):
     monkeypatch.setenv("MIRO_LOAD_PLUGINS", "miro_core,miro_example")
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"^rewards \(1\)$", out, re.M)
-    assert re.search(r"^  hasler_colorfulness  \[miro-example-plugin 0\.1\.0\]  Hasler-Suesstrunk", out, re.M)
-    assert re.search(r"^backbones \(0\)\n  \(none\)$", out, re.M)
+    n_rewards = len(miro_core.registry("rewards"))
+    assert n_rewards > 1 and re.search(rf"^rewards \({n_rewards}\)$", out, re.M)
+    assert re.search(r"^  hasler_colorfulness +\[miro-example-plugin 0\.1\.0\]  Hasler-Suesstrunk", out, re.M)
+    assert re.search(r"^  quantile +\[miro 0\.1\.0\]", out, re.M)
     assert main(["plugins", "--kind", "binner"]) == 2
     assert "Did you mean 'binners'" in capsys.readouterr().err
 
@@ -400,7 +428,8 @@ def test_console_script(tmp_path):
     proc = subprocess.run([str(exe), "plugins", "--json", "--kind", "rewards"], capture_output=True, text=True,
                           env=env, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert [i["name"] for i in json.loads(proc.stdout)["rewards"]] == ["hasler_colorfulness"]
+    names = [i["name"] for i in json.loads(proc.stdout)["rewards"]]
+    assert "hasler_colorfulness" in names and "world_sharpness" in names and "shiny_only" not in names
 
 
 # ----------------------------------------------------------------------------------------------- docs

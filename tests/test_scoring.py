@@ -78,12 +78,80 @@ def test_failure_isolation(folder, tmp_path):
     assert score_dataset(str(folder), rewards, url, progress=False)["rows_processed"] == 0
 
 
-def test_broken_reward_raises_and_marks_nothing(folder, tmp_path):
+@pytest.mark.parametrize("batch_size", [1, 3, 32])
+def test_broken_reward_raises_and_marks_nothing(folder, tmp_path, batch_size):
+    """The guard counts failures over the first K samples whatever the batch size; chunks of 2 rows complete
+    long before K = 8 samples, and still nothing of the job is written (a healthy reward beside it included)."""
     url = str(tmp_path / "store")
-    with pytest.raises(MiroError, match="failed on every sample"):
-        score_dataset(str(folder), ["broken"], url, batch_size=4, progress=False)
+    with pytest.raises(MiroError, match=r"failed on each of the first \d+ samples") as err:
+        score_dataset(str(folder), ["brightness", "broken"], url, batch_size=batch_size, chunk_rows=2, workers=0,
+                      progress=False)
+    import re
+
+    seen = int(re.search(r"first (\d+) samples", str(err.value)).group(1))
+    assert 8 <= seen < 8 + batch_size  # stops at the first batch that reaches K = 8 attempts
     s = RewardStore.open(url)
-    assert not s.scored_mask("broken").any()
+    assert not s.scored_mask("broken").any() and not s.scored_mask("brightness").any()
+    # a rerun does the same (nothing was marked failed, so nothing is skipped)
+    with pytest.raises(MiroError, match="looks broken"):
+        score_dataset(str(folder), ["broken"], url, batch_size=batch_size, workers=0, progress=False)
+
+
+def test_guard_threshold_is_the_job_size_when_smaller(folder, tmp_path):
+    url = str(tmp_path / "store")
+    with pytest.raises(MiroError, match="first 3 samples"):
+        score_dataset(str(folder), ["broken"], url, batch_size=1, limit=3, workers=0, progress=False)
+    # a single pending sample cannot tell a broken reward from a bad sample: it is recorded as failed
+    url1 = str(tmp_path / "one")
+    score_dataset(str(folder), ["broken"], url1, batch_size=1, limit=1, workers=0, progress=False)
+    assert RewardStore.open(url1).reward_counts("broken")["failed"] == 1
+
+
+def test_guard_passes_a_reward_that_fails_only_at_first(folder, tmp_path):
+    """7 failures then a success (batch size 1): below K = 8, so the reward is trusted and the 7 are recorded."""
+    for i in range(7):
+        (folder / f"img_{i:04d}.txt").write_text("a doomed caption")
+    url = str(tmp_path / "store")
+    out = score_dataset(str(folder), {"redness": {"fail_on_word": "doomed"}}, url, batch_size=1, workers=0,
+                        progress=False)
+    assert out["rewards"]["redness"] == {"scored": 16, "failed": 7, "missing": 0, "truncated": 0, "short_caption": 0}
+
+
+def test_retry_failed_rescores_only_failed_rows(folder, tmp_path):
+    (folder / "img_0009.txt").write_text("a doomed caption")
+    (folder / "img_0013.txt").write_text("another doomed caption")
+    url = str(tmp_path / "store")
+    score_dataset(str(folder), {"brightness": {}, "redness": {"fail_on_word": "doomed"}}, url, batch_size=4,
+                  chunk_rows=4, workers=0, progress=False)
+    s = RewardStore.open(url)
+    before_r, before_b = s.scores("redness").copy(), s.scores("brightness").copy()
+    failed = s.index_of(["img_0009", "img_0013"])
+    assert sorted(dict(s.failures("redness"))) == ["img_0009", "img_0013"]
+    # the cause is fixed (the option that made it fail is gone from the data): a plain rerun does nothing ...
+    (folder / "img_0009.txt").write_text("a fixed caption")
+    (folder / "img_0013.txt").write_text("another fixed caption")
+    assert score_dataset(str(folder), {"brightness": {}, "redness": {"fail_on_word": "doomed"}}, url,
+                         workers=0, progress=False)["rows_processed"] == 0
+    # ... --retry-failed rescores exactly the two failed rows, nothing else
+    out = score_dataset(str(folder), {"brightness": {}, "redness": {"fail_on_word": "doomed"}}, url,
+                        retry_failed=True, batch_size=3, workers=0, progress=False)
+    assert out["rows_processed"] == 2 and out["this_run"]["redness"]["scored"] == 2
+    assert out["this_run"]["brightness"]["scored"] == 0
+    s = RewardStore.open(url)
+    assert s.failures("redness") == [] and s.reward_counts("redness")["scored"] == 23
+    after = s.scores("redness")
+    keep = np.setdiff1d(np.arange(23), failed)
+    np.testing.assert_array_equal(after[keep], before_r[keep])  # bit for bit: not rescored
+    assert np.isfinite(after[failed]).all() and np.isnan(before_r[failed]).all()
+    np.testing.assert_array_equal(s.scores("brightness"), before_b)
+    # the row that still fails gets its new reason
+    (folder / "img_0013.txt").write_text("doomed again")
+    s2 = RewardStore.open(url, "a")
+    s2.record_failures("redness", ["img_0013"], ["old reason"])
+    score_dataset(str(folder), {"redness": {"fail_on_word": "doomed"}}, url, retry_failed=True, workers=0,
+                  progress=False)
+    (why,) = [r for i, r in RewardStore.open(url).failures("redness") if i == "img_0013"]
+    assert "cannot score prompts with 'doomed'" in why
 
 
 def test_long_captions_use_short_or_count_truncated(folder, tmp_path):

@@ -177,3 +177,149 @@ def test_bin_rebin_levels_subset(url):
     r = RewardStore.open(url)
     json.dumps(r.info())
     assert r.info()["binners"] == {"equal_width_test": ["a", "b"]}
+
+
+# ------------------------------------------------------------------------------------------- stale bins
+def _score_all(s, name, values):
+    s.ensure_reward(name, {"version": "1", "config": {}})
+    for c in range(s.num_chunks()):
+        lo, hi = s.chunk_bounds(c)
+        if not s.scored_mask(name)[lo:hi].all():
+            s.write_scores(name, lo, values[lo:hi])
+
+
+def test_bins_record_rows_and_fingerprint_and_stale_reads_fail(url):
+    """The issue's sequence: score 16 rows, bin, score 16 more -> reading levels is an error naming `miro bin`."""
+    from miro_core.store import scores_fingerprint
+
+    rng = np.random.default_rng(1)
+    vals = rng.normal(size=32).astype(np.float32)
+    s = RewardStore.create(url, _ids(16), chunk_rows=8)
+    _score_all(s, "a", vals[:16])
+    s.bin("equal_width_test", {"num_bins": 4})
+    attrs = s.bin_attrs("equal_width_test", "a")
+    assert attrs["num_rows"] == 16 and attrs["scores_fingerprint"] == scores_fingerprint(vals[:16])
+    assert s.stale_bins("equal_width_test") == {}
+    before = s.levels(["a"], "equal_width_test")
+    assert np.isfinite(before).all()
+    s.append_rows([f"t{i:03d}" for i in range(16)])
+    _score_all(s, "a", vals)
+    r = RewardStore.open(url)
+    assert "16 rows and the store now has 32" in r.stale_bins("equal_width_test")["a"]
+    with pytest.raises(StoreError, match=r"stale.*fitted on 16 rows.*miro bin --store .* --binner equal_width_test"):
+        r.levels(["a"], "equal_width_test")
+    with pytest.raises(StoreError, match="stale"):
+        r.levels(["a"], "equal_width_test", rows=[0, 1])  # even rows that were binned: the bins no longer fit
+    assert r.info()["stale_bins"] == {"equal_width_test": {"a": r.stale_bins("equal_width_test")["a"]}}
+    s.bin("equal_width_test", {"num_bins": 4})
+    lv = RewardStore.open(url).levels(["a"], "equal_width_test")
+    assert lv.shape == (32, 1) and np.isfinite(lv).all()  # the 16 new rows are not "missing score"
+    assert RewardStore.open(url).info()["stale_bins"] == {}
+
+
+def test_bins_stale_when_scores_change_with_same_rows(url):
+    vals = np.linspace(0, 1, 8, dtype=np.float32)
+    s = RewardStore.create(url, _ids(8), chunk_rows=4)
+    _score_all(s, "a", vals)
+    s.ensure_reward("b", {"version": "1", "config": {}})
+    _score_all(s, "b", vals)
+    s.bin("equal_width_test", {"num_bins": 2})
+    changed = vals.copy()
+    changed[4:8] = changed[4:8][::-1]  # same set of values, other rows: only a fingerprint of the column sees it
+    s.write_scores("a", 4, changed[4:8])
+    assert set(s.stale_bins("equal_width_test")) == {"a"}
+    assert "scores changed after binning" in s.stale_bins("equal_width_test")["a"]
+    s.levels(["b"], "equal_width_test")  # other rewards stay readable
+    with pytest.raises(StoreError, match="--rewards a"):
+        s.levels(["a", "b"], "equal_width_test")
+
+
+def test_bins_without_fingerprint_are_stale(url):
+    s = RewardStore.create(url, _ids(4), chunk_rows=4)
+    _score_all(s, "a", np.arange(4, dtype=np.float32))
+    s.bin("equal_width_test", {"num_bins": 2})
+    arr = s._arr("bins/equal_width_test/a")
+    legacy = {k: v for k, v in arr.attrs.asdict().items() if k not in ("num_rows", "scores_fingerprint")}
+    arr.attrs.clear()
+    arr.attrs.update(legacy)
+    with pytest.raises(StoreError, match="older miro"):
+        s.levels(["a"], "equal_width_test")
+
+
+def test_scores_fingerprint_canonical_nan_and_order():
+    from miro_core.store import scores_fingerprint
+
+    a = np.array([1.0, np.nan, 2.0], np.float32)
+    b = a.copy()
+    b.view(np.uint32)[1] = 0x7FC00001  # another NaN payload: the same "missing"
+    assert scores_fingerprint(a) == scores_fingerprint(b)
+    assert scores_fingerprint(a) != scores_fingerprint(a[::-1])
+    assert scores_fingerprint(a) != scores_fingerprint(np.array([1.0, 0.0, 2.0], np.float32))
+    assert scores_fingerprint(a) != scores_fingerprint(a[:2])
+
+
+# -------------------------------------------------------------------------------------- hostile stores
+def test_crafted_store_with_pickle_array_is_refused_and_never_decoded(tmp_path):
+    """A store whose 'ids' is a zarr v2 object array with a pickle filter: a payload that would create a
+    file when unpickled. Opening refuses the store with a clear error; the file is not created."""
+    import pickle
+
+    target = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(target), "w"))
+
+    root = tmp_path / "evil"
+    (root / "ids").mkdir(parents=True)
+    attrs = {"miro_store_format": "miro-reward-store", "format_version": 1, "num_rows": 1, "chunk_rows": 1}
+    (root / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": attrs}))
+    (root / "ids" / ".zarray").write_text(json.dumps({
+        "zarr_format": 2, "shape": [1], "chunks": [1], "dtype": "|O", "compressor": None, "fill_value": None,
+        "filters": [{"id": "pickle", "protocol": 5}], "order": "C"}))
+    arr = np.empty(1, dtype=object)
+    arr[0] = Payload()
+    (root / "ids" / "0").write_bytes(pickle.dumps(arr, protocol=5))
+    for mode in ("r", "a"):
+        with pytest.raises(StoreError, match="not a valid MIRO reward store.*no 'ids' array"):
+            RewardStore.open(str(root), mode)
+    assert not target.exists()
+
+
+def test_pickle_bytes_in_store_attributes_are_inert(tmp_path):
+    """Attributes are JSON: a pickle payload stored in one is just a string, never unpickled."""
+    import pickle
+
+    target = tmp_path / "pwned_attr"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(target), "w"))
+
+    url = str(tmp_path / "s")
+    s = RewardStore.create(url, _ids(2), chunk_rows=2)
+    blob = pickle.dumps(Payload()).decode("latin-1")
+    zarr.open_group(url, mode="r+").attrs.update({"config": {"x": blob}, "history": [{"data": blob}]})
+    s.ensure_reward("r", {"version": "1", "config": {"payload": blob}})
+    r = RewardStore.open(url)
+    info = r.info()
+    assert r.attrs["config"]["x"] == blob and r.reward_metadata("r")["config"]["payload"] == blob
+    assert info["num_rows"] == 2 and not target.exists()
+
+
+def test_store_with_wrong_dtype_or_short_arrays_is_refused(tmp_path):
+    url = str(tmp_path / "s")
+    s = RewardStore.create(url, _ids(4), chunk_rows=2)
+    s.ensure_reward("r", {"version": "1", "config": {}})
+    g = zarr.open_group(url, mode="r+")
+    g.create_array("scores/r", shape=(4,), chunks=(2,), dtype="int64", overwrite=True)
+    zarr.consolidate_metadata(url)  # what a reader sees
+    with pytest.raises(StoreError, match=r"scores/r.*dtype int64"):
+        RewardStore.open(url)
+    g.create_array("scores/r", shape=(4,), chunks=(2,), dtype="float32", overwrite=True)
+    g.attrs["num_rows"] = 9
+    with pytest.raises(StoreError, match="fewer than the 9 committed rows"):
+        RewardStore.open(url, "a")
+    g.attrs["num_rows"] = "lots"
+    with pytest.raises(StoreError, match="num_rows"):
+        RewardStore.open(url)

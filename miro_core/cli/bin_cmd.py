@@ -9,7 +9,6 @@ import sys
 
 from .. import hookimpl
 from ..interfaces import Command
-from .score_cmd import parse_reward_list
 
 
 class BinCommand(Command):
@@ -22,7 +21,7 @@ class BinCommand(Command):
         parser.add_argument("--store", required=True, help="reward store URL (local path or fsspec URL)")
         parser.add_argument("--binner", default="quantile", help="registered binner name (default: quantile)")
         parser.add_argument("--bins", type=int, default=None, help="number of bins (binner option num_bins; default 64)")
-        parser.add_argument("--rewards", default=None, help="comma-separated rewards (default: all scored)")
+        parser.add_argument("--rewards", default=None, help="comma-separated rewards, or 'all' (default: all scored)")
         parser.add_argument("--calibration-size", type=int, default=100_000, help="rows to fit on (default 100000)")
         parser.add_argument("--seed", type=int, default=0, help="seed of the calibration subset")
         parser.add_argument("--binner-option", action="append", default=[], metavar="KEY=VALUE",
@@ -45,7 +44,11 @@ class BinCommand(Command):
             options.setdefault("num_bins", 64)
         if args.calibration_size < 1:
             raise ConfigError(f"--calibration-size must be positive, got {args.calibration_size}.")
-        rewards = parse_reward_list(args.rewards) if args.rewards is not None else None
+        from .._reward_list import parse_reward_list
+
+        rewards = parse_reward_list(args.rewards, allow_all=True) if args.rewards is not None else None
+        if rewards == ("all",):
+            rewards = None
         store = RewardStore.open(args.store, "a")
         states = store.bin(args.binner, options, rewards=rewards, calibration_size=args.calibration_size, seed=args.seed)
         if args.json:

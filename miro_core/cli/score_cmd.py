@@ -12,17 +12,11 @@ from ..interfaces import Command
 
 
 def parse_reward_list(text: str) -> list[str]:
-    """``"a,b"`` -> ``["a", "b"]``; empty items, blanks and duplicates raise :class:`ConfigError`."""
-    items = [s.strip() for s in (text or "").split(",")]
-    if not text or not text.strip() or any(not s for s in items):
-        raise ConfigError(
-            f"Malformed reward list {text!r}: pass comma-separated reward names without empty items, "
-            "e.g. --rewards aesthetic,hpsv2 (see `miro plugins --kind rewards`)."
-        )
-    dup = sorted({s for s in items if items.count(s) > 1})
-    if dup:
-        raise ConfigError(f"Reward(s) {', '.join(dup)} listed twice in {text!r}; list each reward once.")
-    return items
+    """``"a,b"`` -> ``["a", "b"]`` by the shared rules of :func:`miro_core._reward_list.parse_reward_list`
+    (no keyword: ``miro score`` needs reward names)."""
+    from .._reward_list import parse_reward_list as _parse
+
+    return list(_parse(text))
 
 
 def parse_reward_options(rewards: list[str], items: list[str]) -> dict[str, dict[str, Any]]:
@@ -65,6 +59,9 @@ class ScoreCommand(Command):
         parser.add_argument("--chunk-rows", type=int, default=None, help="rows per store chunk (new stores only)")
         parser.add_argument("--reward-option", action="append", default=[], metavar="REWARD.KEY=VALUE",
                             help="option of one reward (repeatable)")
+        parser.add_argument("--retry-failed", action="store_true",
+                            help="also rescore the rows recorded as failed (after fixing their cause); "
+                                 "scored rows are kept")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
         parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -92,7 +89,8 @@ class ScoreCommand(Command):
         extra = {"chunk_rows": args.chunk_rows} if args.chunk_rows else {}
         summary = score_dataset(
             source, options, args.store, batch_size=args.batch_size, device=args.device, workers=workers,
-            limit=args.limit, progress=not args.no_progress, data_spec=args.data, **extra,
+            limit=args.limit, progress=not args.no_progress, data_spec=args.data, retry_failed=args.retry_failed,
+            **extra,
         )
         if args.json:
             json.dump(summary, sys.stdout, indent=2)
@@ -103,6 +101,9 @@ class ScoreCommand(Command):
             for r, c in summary["rewards"].items():
                 print(f"  {r}: {c['scored']} scored, {c['failed']} failed, {c['missing']} missing, "
                       f"{c['truncated']} truncated captions")
+            if summary.get("rejected"):
+                print(f"  {summary['rejected']} samples got no row (duplicate or unusable ids): "
+                      f"see `miro store info --store {summary['store']}`")
         return 0
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 __all__ = ["StoreInfoCommand"]
 
+import argparse
 import json
+import logging
 import sys
 
 from .. import hookimpl
 from ..interfaces import Command
+
+log = logging.getLogger(__name__)
 
 
 class StoreInfoCommand(Command):
@@ -18,14 +22,25 @@ class StoreInfoCommand(Command):
     help = "summarise a reward store (rows, rewards with scored/failed/missing counts, binnings)"
 
     def add_arguments(self, parser):
-        parser.add_argument("url", help="reward store URL (local path or fsspec URL)")
+        parser.add_argument("--store", help="reward store URL (local path or fsspec URL)")
+        parser.add_argument("url", nargs="?", help=argparse.SUPPRESS)  # the old positional spelling (one release)
         parser.add_argument("--json", action="store_true", help="machine-readable output")
         parser.add_argument("--failures", type=int, default=0, metavar="N", help="also list up to N failures per reward")
 
     def run(self, args):
+        from .._errors import ConfigError
         from ..store import RewardStore
 
-        store = RewardStore.open(args.url, "r")
+        if args.url is not None:
+            if args.store is not None and args.store != args.url:
+                raise ConfigError(f"`miro store info` got two stores ({args.url!r} and --store {args.store!r}); "
+                                  "pass one, as --store URL.")
+            log.warning("`miro store info URL` is deprecated and goes away in the next release; use "
+                        "`miro store info --store URL`")
+        url = args.store if args.store is not None else args.url
+        if url is None:
+            raise ConfigError("`miro store info` needs the store: pass --store URL (a local path or fsspec URL).")
+        store = RewardStore.open(url, "r")
         info = store.info()
         if args.failures:
             info["failures"] = {r: store.failures(r)[: args.failures] for r in store.rewards()}
@@ -42,7 +57,13 @@ class StoreInfoCommand(Command):
             for fid, reason in info.get("failures", {}).get(r, []):
                 print(f"      {fid}: {reason}")
         for b, rs in info["binners"].items():
-            print(f"  bins/{b}: {', '.join(rs)}")
+            stale = info.get("stale_bins", {}).get(b, {})
+            note = f" (stale: {', '.join(stale)}; rerun `miro bin --binner {b}`)" if stale else ""
+            print(f"  bins/{b}: {', '.join(rs)}{note}")
+        rej = info.get("rejected", {})
+        if rej.get("count"):
+            kinds = ", ".join(f"{k}: {v}" for k, v in sorted(rej["by_reason"].items()))
+            print(f"  {rej['count']} samples got no row ({kinds})")
         return 0
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import hookimpl
 from .._config import apply_overrides, load_toml, structure
+from .._errors import ConfigError
 from ..interfaces import Command
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,10 @@ def config_from_args(args: argparse.Namespace):
     if args.store is not None:
         flags["data.store"] = args.store
     if args.rewards is not None:
-        names = [r.strip() for r in args.rewards.split(",") if r.strip()]
-        flags["data.rewards"] = names or ["none"]
+        from .._reward_list import parse_reward_list
+
+        names = parse_reward_list(args.rewards, allow_all=True, allow_none=True)
+        flags["data.rewards"] = list(names) or ["none"]
     if args.binner is not None:
         flags["data.binner"] = args.binner
     if args.backbone is not None:
@@ -63,7 +66,14 @@ def config_from_args(args: argparse.Namespace):
         flags["device"] = args.device
     data = apply_overrides(data, flags)
     data = apply_overrides(data, list(args.set or []))
-    return structure(data, TrainConfig, path="train")
+    cfg = structure(data, TrainConfig, path="train")
+    if cfg.data.store and not cfg.data.rewards:
+        raise ConfigError(
+            f"A reward store is given (data.store = {cfg.data.store!r}) but no rewards to condition on, which "
+            "would silently train the unconditioned baseline. Pass --rewards all (every reward binned in the "
+            "store), --rewards a,b, or --rewards none to train the baseline on purpose."
+        )
+    return cfg
 
 
 class TrainCommand(Command):
