@@ -8,9 +8,12 @@ Layout of ``<out>/checkpoints/step_00001000/``::
     ema.safetensors      EMA weights (what sampling uses by default)
     training_state.pt    optimizer, LR scheduler, EMA counter and every RNG state (torch.load(weights_only=True))
 
-A checkpoint is written into ``.tmp-*`` and renamed into place, then ``checkpoints/latest`` (a text file
-naming the directory) is replaced atomically; a crash leaves either the old or the new checkpoint, never a
-partial one.
+A checkpoint is written into ``.tmp-*`` (every file fsynced), renamed into place (the directory fsynced), then
+``checkpoints/latest`` (a text file naming the directory) is replaced atomically; a crash (``kill -9`` at any
+point, including mid-write) leaves either the old or the new checkpoint, never a partial one under a
+``step_*`` name. Pruning (``keep``) renames a checkpoint out of the ``step_*`` namespace before deleting it, and
+leftovers of killed writes (``.tmp-*``, ``.old-*``) are removed by the next save. ``training_state.pt`` is read
+with ``torch.load(weights_only=True)``, which refuses pickled code; weights are safetensors (no pickle at all).
 """
 
 from __future__ import annotations
@@ -96,10 +99,51 @@ def _weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def list_checkpoints(root: str | Path) -> list[Path]:
+    """The complete ``step_*`` checkpoints under ``root``, oldest first (a directory missing a file is skipped)."""
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and (p / "config.json").exists())
+    return sorted(p for p in root.iterdir()
+                  if p.is_dir() and p.name.startswith("step_") and all((p / f).is_file() for f in _FILES))
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path, root: Path) -> None:
+    """Take ``path`` out of the ``step_*`` namespace atomically, then delete it."""
+    trash = root / f".old-{path.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(path, trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _clean_leftovers(root: Path) -> None:
+    """Delete ``.tmp-*`` / ``.old-*`` directories of killed writes (one training job writes a checkpoints dir)."""
+    for p in root.iterdir():
+        if p.is_dir() and p.name.startswith((".tmp-", ".old-")):
+            log.info("removing %s, left by an interrupted checkpoint write", p)
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def save_checkpoint(
@@ -117,6 +161,7 @@ def save_checkpoint(
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(root)
     name = f"step_{step:08d}"
     final = root / name
     tmp = root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
@@ -133,20 +178,24 @@ def save_checkpoint(
         save_file(_weights(ema_state), str(tmp / "ema.safetensors"), metadata={"format": "pt"})
         torch.save(training_state, tmp / "training_state.pt")
         (tmp / "config.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True))
+        for f in _FILES:
+            _fsync_file(tmp / f)
+        _fsync_dir(tmp)
         if final.exists():
-            trash = root / f".old-{name}-{uuid.uuid4().hex[:8]}"
-            os.rename(final, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+            _remove(final, root)
         os.rename(tmp, final)
+        _fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     pointer = root / f".latest-{uuid.uuid4().hex[:8]}"
     pointer.write_text(name + "\n")
+    _fsync_file(pointer)
     os.replace(pointer, root / "latest")
+    _fsync_dir(root)
     if keep > 0:
         for old in list_checkpoints(root)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old, root)
     log.info("saved checkpoint %s", final)
     return final
 
@@ -165,7 +214,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         latest = root / "latest"
         if latest.is_file():
             target = root / latest.read_text().strip()
-            if (target / "config.json").exists():
+            if target.name.startswith("step_") and all((target / f).is_file() for f in _FILES):
                 return target
         found = list_checkpoints(root)
         if found:
@@ -220,10 +269,20 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str)
 
 
 def load_training_state(path: Path) -> dict[str, Any]:
+    """``training_state.pt`` with ``weights_only=True``: tensors and plain containers only, never pickled code."""
+    import pickle
+
+    file = path / "training_state.pt"
     try:
-        return torch.load(path / "training_state.pt", map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise CheckpointError(f"Checkpoint file {path / 'training_state.pt'} is corrupt ({type(exc).__name__}: {exc}).") from exc
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"Checkpoint file {file} holds more than tensors and plain containers (pickled objects or code), "
+            f"which MIRO never loads ({str(exc).splitlines()[0] if str(exc) else 'UnpicklingError'}). It was not "
+            "written by MIRO or was tampered with: use another checkpoint."
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - any other unpickling failure means a corrupt file
+        raise CheckpointError(f"Checkpoint file {file} is corrupt ({type(exc).__name__}: {exc}).") from exc
 
 
 def load_for_inference(path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True):
