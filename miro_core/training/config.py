@@ -41,6 +41,15 @@ class DataConfig:
     caption_dropout: float = 0.1
     reward_dropout: dict[str, float] = attrs.field(factory=dict)
     encode_batch_size: int = 64
+    #: URL of an encoded dataset (latents + text-encoder outputs as shards, ``miro encode``): when set, training
+    #: encodes what is missing there and then STREAMS it (memory does not grow with the data set); empty = the
+    #: in-memory cache
+    encoded: str = ""
+    #: samples per encoded shard for sources without their own shards (webdataset: one encoded shard per tar)
+    shard_rows: int = 4096
+    #: encoded shards pooled into one shuffle buffer while streaming
+    buffer_shards: int = 4
+    encode_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
 
     @property
     def reward_names(self) -> tuple[str, ...]:

@@ -9,7 +9,8 @@ exactly on CPU, and a DDP run on W ranks see the same batch as a single process.
 
 from __future__ import annotations
 
-__all__ = ["TrainResult", "train", "batch_indices", "lr_factor", "make_optimizer", "decay_parameter_names"]
+__all__ = ["TrainResult", "train", "batch_indices", "lr_factor", "make_optimizer", "decay_parameter_names", "Batcher",
+           "StreamBatcher"]
 
 import contextlib
 import copy
@@ -183,7 +184,26 @@ def _pad_tokens(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[
     )
 
 
-class Batcher:
+class _Draws:
+    """The random draws of a step for the WHOLE global batch (noise, times, dropout masks, backbone uniforms), from
+    the loop's generator, which every rank advances identically; each rank uses its slice."""
+
+    def draw(self, generator: torch.Generator, latent_shape, n_rewards: int) -> dict[str, torch.Tensor]:
+        cfg, b = self.cfg, self.cfg.batch_size
+        eps = torch.randn(b, *latent_shape, generator=generator)
+        t = sample_t(b, kind=cfg.flow.time_sampling, mean=cfg.flow.logit_mean, std=cfg.flow.logit_std, generator=generator)
+        cap_drop = torch.rand(b, generator=generator) < cfg.data.caption_dropout
+        rew_drop = torch.rand(b, n_rewards, generator=generator) < self.drop
+        draws = {f"u_{name}": torch.rand(b, generator=generator) for name in self.uniforms}
+        return {"eps": eps, "t": t, "cap_drop": cap_drop, "rew_drop": rew_drop, **draws}
+
+    def micro_slices(self) -> list[slice]:
+        per_rank = self.cfg.batch_size // self.dist.world_size
+        lo = self.dist.rank * per_rank
+        return [slice(lo + m * self.micro, lo + (m + 1) * self.micro) for m in range(self.cfg.grad_accum)]
+
+
+class Batcher(_Draws):
     """Draws the global batch of a step (rows, noise, times, dropout masks) and returns this rank's micro-batches."""
 
     def __init__(self, data: TrainingData, cfg: TrainConfig, dist: DistInfo, device: torch.device,
@@ -202,26 +222,56 @@ class Batcher:
     def __call__(self, step: int, generator: torch.Generator) -> list[dict[str, torch.Tensor]]:
         cfg, d, b = self.cfg, self.data, self.cfg.batch_size
         rows = self.order.rows(step * b, b)
-        eps = torch.randn(b, *d.latent_shape, generator=generator)
-        t = sample_t(b, kind=cfg.flow.time_sampling, mean=cfg.flow.logit_mean, std=cfg.flow.logit_std, generator=generator)
-        cap_drop = torch.rand(b, generator=generator) < cfg.data.caption_dropout
-        rew_drop = torch.rand(b, len(d.reward_names), generator=generator) < self.drop
-        draws = {name: torch.rand(b, generator=generator) for name in self.uniforms}
-        per_rank = b // self.dist.world_size
-        lo = self.dist.rank * per_rank
+        dr = self.draw(generator, d.latent_shape, len(d.reward_names))
         out = []
-        for m in range(cfg.grad_accum):
-            s = slice(lo + m * self.micro, lo + (m + 1) * self.micro)
+        for s in self.micro_slices():
             r = rows[s]
             tokens, mask = self.tokens[r].clone(), self.mask[r].clone()
-            cd = cap_drop[s]
+            cd = dr["cap_drop"][s]
             if cd.any():
                 tokens[cd] = self.empty_tokens[0]
                 mask[cd] = self.empty_mask[0]
             levels = d.levels[r].clone()
-            levels[rew_drop[s]] = float("nan")
-            batch = {"x": d.latents[r], "eps": eps[s], "t": t[s], "tokens": tokens, "mask": mask, "levels": levels,
-                     **{f"u_{name}": u[s] for name, u in draws.items()}}
+            levels[dr["rew_drop"][s]] = float("nan")
+            batch = {"x": d.latents[r], "eps": dr["eps"][s], "t": dr["t"][s], "tokens": tokens, "mask": mask,
+                     "levels": levels, **{k: v[s] for k, v in dr.items() if k.startswith("u_")}}
+            out.append({k: v.to(self.device, non_blocking=True) for k, v in batch.items()})
+        return out
+
+
+class StreamBatcher(_Draws):
+    """The streaming counterpart of :class:`Batcher`: this rank's samples come from its own stream of an encoded
+    dataset (:class:`~miro_core.training.encoded.StreamingData`: step ``s`` takes samples ``[s * b_r, (s+1) * b_r)``
+    with ``b_r`` the per-rank batch), the random draws are the same global-batch draws as in-memory training."""
+
+    def __init__(self, stream: Any, cfg: TrainConfig, dist: DistInfo, device: torch.device,
+                 uniforms: tuple[str, ...] = ()):
+        self.stream, self.cfg, self.dist, self.device = stream, cfg, dist, device
+        self.uniforms = tuple(uniforms)
+        self.drop = _dropout_probs(cfg, stream.rewards)
+        self.per_rank = cfg.batch_size // dist.world_size
+        self.micro = self.per_rank // cfg.grad_accum
+
+    def __call__(self, step: int, generator: torch.Generator) -> list[dict[str, torch.Tensor]]:
+        st = self.stream
+        dr = self.draw(generator, st.header.latent_shape, len(st.rewards))
+        got = st.take(step * self.per_rank, self.per_rank)
+        length = max(got["tokens"].shape[1], st.empty_tokens.shape[1])
+        tokens, mask = _pad_tokens(got["tokens"], got["mask"], length)
+        empty_t, empty_m = _pad_tokens(st.empty_tokens, st.empty_mask, length)
+        lo = self.dist.rank * self.per_rank
+        out = []
+        for s in self.micro_slices():
+            local = slice(s.start - lo, s.stop - lo)
+            tk, mk = tokens[local].clone(), mask[local].clone()
+            cd = dr["cap_drop"][s]
+            if cd.any():
+                tk[cd] = empty_t[0]
+                mk[cd] = empty_m[0]
+            levels = got["levels"][local].clone()
+            levels[dr["rew_drop"][s]] = float("nan")
+            batch = {"x": got["latents"][local], "eps": dr["eps"][s], "t": dr["t"][s], "tokens": tk, "mask": mk,
+                     "levels": levels, **{k: v[s] for k, v in dr.items() if k.startswith("u_")}}
             out.append({k: v.to(self.device, non_blocking=True) for k, v in batch.items()})
         return out
 
@@ -354,11 +404,17 @@ def _train(cfg, out: Path, dist: DistInfo, device: torch.device, eval_fn, progre
     autoencoder.setup(device)
     common = dict(text_encoder_spec=cfg.model.text_encoder, autoencoder_spec=cfg.model.autoencoder,
                   source=source, store=store, device=device)
-    if dist.is_main:
-        data = prepare_data(cfg.data, text_encoder, autoencoder, build=True, **common)
-    barrier(dist)
-    if not dist.is_main:
-        data = prepare_data(cfg.data, text_encoder, autoencoder, build=False, **common)
+    if cfg.data.encoded:
+        from .encoded import prepare_stream
+
+        data = prepare_stream(cfg.data, text_encoder, autoencoder, rank=dist.rank, world_size=dist.world_size,
+                              seed=cfg.seed, **common)
+    else:
+        if dist.is_main:
+            data = prepare_data(cfg.data, text_encoder, autoencoder, build=True, **common)
+        barrier(dist)
+        if not dist.is_main:
+            data = prepare_data(cfg.data, text_encoder, autoencoder, build=False, **common)
     log.info("training data: %d samples, latents %s, rewards %s", len(data), data.latent_shape, data.reward_names)
 
     # -- model, optimizer, EMA ------------------------------------------------------------------------
@@ -402,7 +458,10 @@ def _train(cfg, out: Path, dist: DistInfo, device: torch.device, eval_fn, progre
         # unused parameters are normal here: empty register banks, self-conditioning paths taken on some steps
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                       find_unused_parameters=True)
-    batcher = Batcher(data, cfg, dist, device, uniforms=model.train_uniforms)
+    if cfg.data.encoded:
+        batcher = StreamBatcher(data.stream, cfg, dist, device, uniforms=model.train_uniforms)
+    else:
+        batcher = Batcher(data, cfg, dist, device, uniforms=model.train_uniforms)
 
     meta = {
         "train_config": unstructure(cfg),
