@@ -12,5 +12,6 @@ miro_plugins = [
     "miro_core.cli.bin_cmd",
     "miro_core.cli.store_cmd",
     "miro_core.cli.convert_cmd",
+    "miro_core.cli.encode_cmd",
     "miro_core.cli.eval_cmd",
 ]
