@@ -72,3 +72,39 @@ def test_two_process_ddp_matches_single_process(tmp_path, backbone):
         torch.testing.assert_close(wa[k], wb[k], atol=atol, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
     meta = json.loads((tmp_path / "ddp" / "checkpoints" / "step_00000003" / "config.json").read_text())
     assert meta["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_two_process_streaming_training_encodes_and_trains(tmp_path):
+    """torchrun x2 with data.encoded: the two ranks encode the missing shards between them (each its share,
+    then they wait for each other without a collective), both stream their own shards, and the shards equal a
+    single-process encoding."""
+    import fsspec
+
+    from miro_core.training.encoded import _load, open_encoded
+
+    over = {"optim.grad_clip": 0.0, "data.encoded": str(tmp_path / "enc_ddp"), "data.shard_rows": 6}
+    cfg = tiny_config(tmp_path, steps=3, checkpoint_every=0, **over)
+    script = tmp_path / "ddp_stream.py"
+    hist = tmp_path / "hist.json"
+    script.write_text(SCRIPT.format(tests=str(TESTS), cfg=json.dumps(cfg), out=str(tmp_path / "ddp"), hist=str(hist)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MIRO_LOAD_PLUGINS": ""}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+        capture_output=True, text=True, timeout=240, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    losses = [h["loss"] for h in json.loads(hist.read_text()) if "loss" in h]
+    assert len(losses) == 3 and all(l == l for l in losses)
+    # the same shards as one process encoding everything
+    from miro_core.training import train
+
+    single = tiny_config(tmp_path, steps=1, checkpoint_every=0, **{**over, "data.encoded": str(tmp_path / "enc_one")})
+    train(single, tmp_path / "one", store=make_store(), progress=False)
+    a, b = open_encoded(str(tmp_path / "enc_ddp")), open_encoded(str(tmp_path / "enc_one"))
+    assert a.units == b.units == 6
+    fs = fsspec.filesystem("file")
+    for k in range(a.units):
+        (ta, ma) = _load(fs, str(tmp_path / "enc_ddp" / a.shard_name(k)))
+        (tb, mb) = _load(fs, str(tmp_path / "enc_one" / b.shard_name(k)))
+        assert ma == mb and all(torch.equal(ta[x], tb[x]) for x in ta)
