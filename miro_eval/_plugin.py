@@ -8,4 +8,5 @@ miro_plugins = [
     "miro_eval.test_time_scaling",
     "miro_eval.suites.rewards",
     "miro_eval.suites.partiprompts",
+    "miro_eval.suites.geneval",
 ]
