@@ -308,6 +308,8 @@ def _prepare_store(store_url, source, rewards, limit, chunk_rows, job_config):
         ids.append(sid)
         caps.append(s.caption or "")
         shorts.append(s.short_caption)
+    for where, why in list(getattr(source, "problems", None) or []):  # e.g. a truncated webdataset shard
+        rejected.append((str(where), str(why)))
     if not ids:
         if n_seen:
             raise MiroError(f"None of the {n_seen} samples of the data source has a usable id (first problem: "

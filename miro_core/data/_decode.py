@@ -1,4 +1,11 @@
-"""Image decoding: anything a :class:`~miro_core.Sample` may carry -> float32 ``[3, H, W]`` in [0, 1]."""
+"""Image decoding: anything a :class:`~miro_core.Sample` may carry -> float32 ``[3, H, W]`` in [0, 1].
+
+Hostile input is converted or refused with a reason, never decoded blindly: the pixel count is checked from the
+header before any pixel is decoded (:data:`MAX_PIXELS`, ``MIRO_MAX_IMAGE_PIXELS``: decompression bombs), EXIF
+orientation is applied, every mode becomes RGB (alpha on white; 16-bit and 32-bit integer and float greys
+rescaled to 8 bits; CMYK, palette, bilevel converted), animated images give their first frame, and truncated,
+corrupt or empty files raise :class:`ImageDecodeError` (a per-sample failure in the scoring pipeline).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ __all__ = ["to_tensor", "ImageDecodeError", "decode_raw", "stack_images", "image
 
 import io
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -18,10 +26,62 @@ class ImageDecodeError(MiroError, ValueError):
     """An image could not be read or decoded (the scoring pipeline records it as a per-sample failure)."""
 
 
+#: largest image (width x height) decoded; larger ones are refused from their header (decompression bombs)
+DEFAULT_MAX_PIXELS = 8192 * 8192
+
+
+def max_pixels() -> int:
+    """The pixel limit: ``MIRO_MAX_IMAGE_PIXELS`` if set (a positive integer), else :data:`DEFAULT_MAX_PIXELS`."""
+    raw = os.environ.get("MIRO_MAX_IMAGE_PIXELS")
+    if raw is None or not raw.strip():
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise MiroError(f"MIRO_MAX_IMAGE_PIXELS={raw!r} is not a positive integer (pixels, e.g. {DEFAULT_MAX_PIXELS}).")
+    return value
+
+
+def _check_size(img, what: str) -> None:
+    w, h = img.size
+    limit = max_pixels()
+    if w * h > limit:
+        raise ImageDecodeError(
+            f"Image {what} is {w}x{h} = {w * h} pixels, over the limit of {limit} (a decompression bomb guard); "
+            "raise MIRO_MAX_IMAGE_PIXELS if such images are expected."
+        )
+    if w < 1 or h < 1:
+        raise ImageDecodeError(f"Image {what} has no pixels ({w}x{h}).")
+
+
+def _deep_to_u8(img) -> np.ndarray | None:
+    """16/32-bit integer and float single-channel modes -> uint8 ``[H, W]`` (None for other modes)."""
+    mode = img.mode
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(img)
+        a = a.astype(np.int64, copy=False)
+        if mode == "I" and a.size and a.max() <= 255 and a.min() >= 0:
+            return a.astype(np.uint8)  # 8-bit values in a 32-bit container
+        return (np.clip(a, 0, 65535) >> 8).astype(np.uint8)  # 16-bit range
+    if mode == "F":
+        a = np.asarray(img, dtype=np.float32)
+        a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+        scale = 255.0 if a.size and float(a.max()) <= 1.0 else 1.0  # [0, 1] floats, else [0, 255]
+        return np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
+    return None
+
+
 def _pil_u8(img) -> np.ndarray:
     """A PIL image (any mode) -> uint8 ``[H, W, 3]`` RGB; alpha is composited on white."""
     from PIL import Image
 
+    deep = _deep_to_u8(img)
+    if deep is not None:
+        return np.ascontiguousarray(np.repeat(deep[..., None], 3, axis=2))
+    if img.mode in ("RGBa", "La"):  # premultiplied alpha
+        img = img.convert("RGBA" if img.mode == "RGBa" else "LA")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # composite on white rather than dropping alpha to black
         rgba = img.convert("RGBA")
@@ -33,15 +93,27 @@ def _pil_u8(img) -> np.ndarray:
 
 
 def _decode_bytes(data: bytes, what: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
+    if not data:
+        raise ImageDecodeError(f"Cannot decode image {what}: the file is empty (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return _pil_u8(img)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below says it clearly
+            with Image.open(io.BytesIO(data)) as img:
+                _check_size(img, what)  # from the header, before any pixel is decoded
+                img.seek(0)  # animated: the first frame
+                img.load()
+                img = ImageOps.exif_transpose(img)  # EXIF orientation (a camera's rotated JPEG)
+                return _pil_u8(img)
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"Cannot decode image {what}: {exc} (raise MIRO_MAX_IMAGE_PIXELS if expected)") from exc
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(f"Cannot decode image {what}: not a recognised image format") from exc
-    except (OSError, ValueError, SyntaxError) as exc:
+    except (OSError, ValueError, SyntaxError, EOFError, KeyError, IndexError, TypeError, ZeroDivisionError) as exc:
+        # what PIL's plugins raise on truncated or malformed files
         raise ImageDecodeError(f"Cannot decode image {what}: {type(exc).__name__}: {exc}") from exc
 
 
@@ -77,7 +149,11 @@ def decode_raw(image: Any) -> np.ndarray | torch.Tensor:
         from PIL import Image
 
         if isinstance(image, Image.Image):
-            return _pil_u8(image)
+            _check_size(image, f"({type(image).__name__} {image.mode})")
+            try:
+                return _pil_u8(image)
+            except (OSError, ValueError) as exc:
+                raise ImageDecodeError(f"Cannot convert PIL image of mode {image.mode!r}: {exc}") from exc
     except ImportError:  # pragma: no cover - pillow is a dependency
         pass
     if isinstance(image, np.ndarray):

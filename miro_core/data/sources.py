@@ -1,8 +1,13 @@
 """Built-in data sources: ``image_folder``, ``webdataset`` and ``jsonl``.
 
-Each yields :class:`~miro_core.Sample` objects in a deterministic order with unique ids. Images travel
-undecoded (a path or the encoded bytes); :func:`miro_core.data.to_tensor` decodes them in the scoring
-workers.
+Each yields :class:`~miro_core.Sample` objects in a deterministic order. Images travel undecoded (a path or the
+encoded bytes); :func:`miro_core.data.to_tensor` decodes them in the scoring workers.
+
+Hostile data does not stop a job: a caption that is not UTF-8 is decoded with replacement characters and marked
+``meta["caption_error"]`` (text rewards record a failure for it), a repeated id is yielded again and the
+scoring pipeline keeps the first one (recording the others as rejected), a webdataset shard that is truncated
+or not a tar file is reported in ``source.problems`` (``[(shard, reason)]``, also recorded as rejected) and the
+next shard is read.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import logging
 import os
 import re
 import tarfile
+import zlib
 from collections.abc import Iterator
 
 from .. import hookimpl
@@ -31,12 +37,23 @@ def _is_url(path: str) -> bool:
     return "://" in path
 
 
-def _read_text_file(path: str) -> str | None:
+def decode_caption(data: bytes) -> tuple[str, str | None]:
+    """Caption bytes -> ``(text, problem)``: UTF-8 (a BOM dropped); otherwise replacement characters and why."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().strip()
+        return data.decode("utf-8-sig").strip(), None
+    except UnicodeDecodeError as exc:
+        return (data.decode("utf-8", "replace").strip(),
+                f"not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); decoded with replacement characters")
+
+
+def _read_text_file(path: str) -> tuple[str | None, str | None]:
+    try:
+        with open(path, "rb") as f:
+            return decode_caption(f.read())
     except FileNotFoundError:
-        return None
+        return None, None
+    except OSError as exc:
+        return "", f"cannot read caption file: {exc}"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -81,9 +98,10 @@ class ImageFolderSource(DataSource):
             ids = [os.path.splitext(p)[0] for p in self._files]
             if len(set(ids)) != len(ids):
                 dup = sorted({i for i in ids if ids.count(i) > 1})[:3]
-                raise MiroError(
-                    f"image_folder {self.root}: several images share the id(s) {dup} (same name, different "
-                    "extension). Rename them so every id is unique."
+                log.warning(
+                    "image_folder %s: several images share the id(s) %s (same name, different extension); the "
+                    "first of each is scored, the others are recorded as rejected. Rename them so every id is "
+                    "unique.", self.root, dup,
                 )
         return self._files
 
@@ -93,14 +111,19 @@ class ImageFolderSource(DataSource):
     def _sample(self, rel: str) -> Sample:
         stem = os.path.splitext(rel)[0]
         texts = self._texts  # caption files seen by the listing: no failing open() per missing short caption
-        caption = _read_text_file(os.path.join(self.root, stem + ".txt")) if stem + ".txt" in texts else None
-        short = _read_text_file(os.path.join(self.root, stem + ".short.txt")) if stem + ".short.txt" in texts else None
+        caption, problem = (_read_text_file(os.path.join(self.root, stem + ".txt")) if stem + ".txt" in texts
+                            else (None, None))
+        short = (_read_text_file(os.path.join(self.root, stem + ".short.txt"))[0] if stem + ".short.txt" in texts
+                 else None)
+        meta: dict = {} if caption is not None else {"missing_caption": True}
+        if problem:
+            meta["caption_error"] = problem
         return Sample(
             id=stem,
             caption=caption if caption is not None else "",
             image=os.path.join(self.root, rel),
             short_caption=short,
-            meta={} if caption is not None else {"missing_caption": True},
+            meta=meta,
         )
 
     def __iter__(self) -> Iterator[Sample]:
@@ -145,6 +168,8 @@ class WebDatasetSource(DataSource):
         self.urls = expand_urls(config.url)
         if not self.urls:
             raise MiroError(f"webdataset url {config.url!r} expands to no shard; pass e.g. 'shards/{{000..009}}.tar'.")
+        #: ``[(shard, reason)]`` of shards that could not be read to the end (filled while iterating)
+        self.problems: list[tuple[str, str]] = []
 
     def _open(self, url: str):
         if _is_url(url):
@@ -158,9 +183,10 @@ class WebDatasetSource(DataSource):
             fileobj = self._open(url)
         except (OSError, ValueError) as exc:
             raise MiroError(f"Cannot open webdataset shard {url}: {exc}. Check the --data URL and brace range.") from exc
+        n_samples = 0
+        key, parts = None, {}
         try:
             with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
-                key, parts = None, {}
                 for member in tar:
                     if not member.isfile():
                         continue
@@ -172,18 +198,26 @@ class WebDatasetSource(DataSource):
                         if key is not None:
                             sample = self._make(key, parts, url)
                             if sample is not None:
+                                n_samples += 1
                                 yield sample
                         key, parts = k, {}
                     f = tar.extractfile(member)
                     parts[ext] = f.read() if f is not None else b""
-                if key is not None:
-                    sample = self._make(key, parts, url)
-                    if sample is not None:
-                        yield sample
-        except tarfile.TarError as exc:
-            raise MiroError(f"webdataset shard {url} is not a readable tar file: {exc}.") from exc
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+            # a truncated or corrupt shard: keep what was read, report it, go on with the next shard
+            # (the sample being read when the shard broke is dropped: its members may be incomplete)
+            why = (f"unreadable shard: it broke after {n_samples} samples ({type(exc).__name__}: {exc}); the rest "
+                   "of it was skipped")
+            log.error("webdataset shard %s: %s", url, why)
+            if (url, why) not in self.problems:
+                self.problems.append((url, why))
+            return
         finally:
             fileobj.close()
+        if key is not None:
+            sample = self._make(key, parts, url)
+            if sample is not None:
+                yield sample
 
     @staticmethod
     def _make(key: str, parts: dict[str, bytes], url: str) -> Sample | None:
@@ -194,11 +228,20 @@ class WebDatasetSource(DataSource):
                 meta.update(json.loads(parts["json"].decode("utf-8")))
             except (ValueError, UnicodeDecodeError):
                 log.warning("sample %s in %s: json member is not valid JSON; ignored", key, url)
-        caption = parts["txt"].decode("utf-8", "replace").strip() if "txt" in parts else meta.get("caption")
-        short = parts["short.txt"].decode("utf-8", "replace").strip() if "short.txt" in parts else meta.get("short_caption")
+        problem = None
+        if "txt" in parts:
+            caption, problem = decode_caption(parts["txt"])
+        else:
+            caption = meta.get("caption")
+        short = decode_caption(parts["short.txt"])[0] if "short.txt" in parts else meta.get("short_caption")
         if image is None and caption is None:
             return None  # not a sample (e.g. a stray file)
-        return Sample(id=key, caption=str(caption or ""), image=image, short_caption=short, meta=meta)
+        if problem:
+            meta["caption_error"] = problem
+        if image is None:
+            meta["missing_image"] = True  # the scoring pipeline records "Sample has no image"
+        return Sample(id=key, caption="" if caption is None else str(caption), image=image,
+                      short_caption=None if short is None else str(short), meta=meta)
 
     def __iter__(self) -> Iterator[Sample]:
         for url in self.urls:
@@ -233,15 +276,16 @@ class JsonlSource(DataSource):
             if _is_url(path):
                 import fsspec
 
-                with fsspec.open(path, "rt", encoding="utf-8") as f:
-                    lines = f.read().splitlines()
+                with fsspec.open(path, "rb") as f:
+                    raw_lines = f.read().splitlines()
             else:
-                with open(path, encoding="utf-8") as f:
-                    lines = f.read().splitlines()
+                with open(path, "rb") as f:
+                    raw_lines = f.read().splitlines()
         except (OSError, ValueError) as exc:
             raise MiroError(f"Cannot read JSONL manifest {path}: {exc}. Pass an existing .jsonl file.") from exc
         rows, seen = [], set()
-        for n, line in enumerate(lines, 1):
+        for n, raw in enumerate(raw_lines, 1):
+            line, problem = decode_caption(raw)  # a stray non-UTF-8 byte spoils one line, not the manifest
             if not line.strip():
                 continue
             try:
@@ -250,8 +294,11 @@ class JsonlSource(DataSource):
                 raise MiroError(f"{path}:{n}: not valid JSON ({exc}). Each line must be one JSON object.") from exc
             if not isinstance(row, dict) or not all(k in row for k in ("id", "image", "caption")):
                 raise MiroError(f"{path}:{n}: each line needs the keys 'id', 'image' and 'caption' (got {line[:120]!r}).")
+            if problem:
+                row = {**row, "caption_error": f"line {n} of the manifest is {problem}"}
             if str(row["id"]) in seen:
-                raise MiroError(f"{path}:{n}: duplicate id {row['id']!r}; ids must be unique.")
+                log.warning("%s:%d: duplicate id %r; the first is scored, this one is recorded as rejected",
+                            path, n, row["id"])
             seen.add(str(row["id"]))
             rows.append(row)
         self._rows = rows
@@ -269,7 +316,15 @@ class JsonlSource(DataSource):
     def _sample(self, row: dict) -> Sample:
         extra = {k: v for k, v in row.items() if k not in ("id", "image", "caption", "short_caption")}
         short = row.get("short_caption")
-        return Sample(id=str(row["id"]), caption=str(row["caption"]), image=self._resolve(str(row["image"])),
+        caption = row["caption"]
+        if not isinstance(caption, str):
+            extra["caption_error"] = f"caption is a JSON {type(caption).__name__}, not a string"
+            caption = "" if caption is None else json.dumps(caption)
+        image = row["image"]
+        if not isinstance(image, str) or not image:
+            image = None  # the scoring pipeline records "Sample has no image"
+            extra["missing_image"] = True
+        return Sample(id=str(row["id"]), caption=caption, image=None if image is None else self._resolve(image),
                       short_caption=None if short is None else str(short), meta=extra)
 
     def __iter__(self) -> Iterator[Sample]:
