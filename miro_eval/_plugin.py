@@ -9,4 +9,7 @@ miro_plugins = [
     "miro_eval.suites.rewards",
     "miro_eval.suites.partiprompts",
     "miro_eval.suites.geneval",
+    "miro_eval.suites.best_of_n",
+    "miro_eval.suites.world",
+    "miro_eval.suites.evaluators",
 ]

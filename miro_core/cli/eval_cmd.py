@@ -71,7 +71,8 @@ def suite_from_toml(path: str | Path) -> type:
         value = getattr(typed, key)
         default = (attrs.Factory(lambda v=value: copy.deepcopy(v)) if isinstance(value, (dict, list)) else value)
         new_fields[key] = attrs.field(default=default, type=fields[key].type)
-    config_cls = attrs.make_class(base.Config.__name__, new_fields, bases=(base.Config,), frozen=True, kw_only=True)
+    config_cls = attrs.make_class(base.Config.__name__, new_fields, bases=(base.Config,), frozen=True, kw_only=True,
+                                  slots=True)
     name = str(data.get("name") or path.stem)
     doc = str(data.get("description") or f"{base.name} suite configured by {path.name}")
     return type(f"TomlSuite_{name}", (base,), {"name": name, "Config": config_cls, "__doc__": doc,
