@@ -50,13 +50,20 @@ def loader_rate(enc: str, batch: int = 32, n_batches: int = 60) -> dict:
     b = StreamBatcher(stream, cfg, DistInfo(), torch.device("cpu"), uniforms=("self_cond",))
     g = torch.Generator().manual_seed(0)
     b(0, g)
-    t0 = time.perf_counter()
-    for s in range(1, n_batches + 1):
-        b(s, g)
-    rate = n_batches * batch / (time.perf_counter() - t0)
+    rates = {}
+    threads = torch.get_num_threads()
+    for nt in sorted({threads, 1}, reverse=True):  # small tensor ops: intra-op threads only add contention
+        torch.set_num_threads(nt)
+        t0 = time.perf_counter()
+        for s in range(1, n_batches + 1):
+            b(s, g)
+        rates[nt] = n_batches * batch / (time.perf_counter() - t0)
+    torch.set_num_threads(threads)
+    rate = max(rates.values())
     half = StreamingData(header, seed=0, rank=0, world_size=2)
     sizes = {k: os.path.getsize(os.path.join(enc, header.shard_name(k))) for k in range(header.units)}
     return {"loader_samples_per_s": round(rate, 1),
+            "loader_samples_per_s_by_threads": {str(k): round(v, 1) for k, v in rates.items()},
             "rank0_of_2_bytes_ratio": round(sum(sizes[k] for k in half.own) / sum(sizes.values()), 4)}
 
 
