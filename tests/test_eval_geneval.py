@@ -392,3 +392,26 @@ def test_geneval_suite_on_images_in_geneval_layout(tmp_path):
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]["overall"] == pytest.approx(2 / 3)
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| counting | 0.5 | 2 | 4 |" in report
+
+
+def test_miro_eval_geneval_images_with_the_transformers_models(tmp_path, tiny_mask2former, tiny_clip, capsys):
+    """`miro eval --suite geneval --images DIR` through the real loaders (tiny random weights: any verdict)."""
+    from miro_core._plugins import reset_plugins
+    from miro_core.cli import main
+
+    _geneval_folder(tmp_path / "imgs", [[1], [3, 2], [1]])
+    reset_plugins(None)
+    try:
+        rc = main(["eval", "--suite", "geneval", "--images", str(tmp_path / "imgs"), "--out", str(tmp_path / "out"),
+                   "--no-progress", "--set", f"detector.model_path='{tiny_mask2former}'", "--set", "detector.min_size=64",
+                   "--set", "detector.max_size=96", "--set", f"color.model_path='{tiny_clip}'",
+                   "--set", "rules.threshold=0.0", "--set", "rules.counting_threshold=0.0", "--set", "device='cpu'"])
+    finally:
+        reset_plugins(None)
+    assert rc == 0, capsys.readouterr().err
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert m["num_images"] == 4 and set(m["counts"]) == {"single_object", "counting", "colors"}
+    rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    details = json.loads(rows[0]["details"])
+    assert details and all(len(b) == 5 for boxes in details.values() for b in boxes)  # x1, y1, x2, y2, score
+    assert m["metrics"]["overall"] == pytest.approx(np.mean([m["metrics"][t] for t in m["counts"]]))

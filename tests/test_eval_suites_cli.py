@@ -28,12 +28,14 @@ SUITE_MODULES = ("miro_eval.suites.rewards", "miro_eval.suites.partiprompts", "m
 
 
 class Brightness(Reward):
-    """Mean pixel value (ignores text)."""
+    """Mean pixel value (ignores text); counts the images it scored."""
 
     name = "test_brightness"
     uses_text = False
+    scored = 0
 
     def score(self, images, prompts):
+        Brightness.scored += len(images)
         return images.float().mean(dim=(1, 2, 3))
 
 
@@ -240,8 +242,9 @@ def test_killed_eval_resumes_with_the_images_already_written(host, tmp_path, pip
     assert _png_bytes(tmp_path / "resumed" / "images") == _png_bytes(tmp_path / "full" / "images")
     assert res["metrics"] == full["metrics"]
     again = CountingPipe(pipe)
+    before = Brightness.scored
     make(RewardsSuite, **opts).run(tmp_path / "resumed", pipeline=again)
-    assert again.images == 0
+    assert again.images == 0 and Brightness.scored == before  # nor are the scores computed again
     # other sampling settings into the same folder are refused
     other = make(RewardsSuite, **{**opts, "sampling": {"num_steps": 3}})
     with pytest.raises(Exception, match="other settings"):
@@ -379,6 +382,15 @@ def test_samples_to_match_interpolates_in_log2():
     assert samples_to_match(ns, vals, 3.0) == 4.0
     assert samples_to_match(ns, vals, 2.5) == pytest.approx(2 ** 1.5)
     assert samples_to_match(ns, vals, 4.5) is None
+
+
+def test_pick_best_never_picks_nan():
+    from miro_eval.suites.best_of_n import pick_best
+
+    assert pick_best(np.array([np.nan, 0.1, 0.3, 0.9]), 3) == 2  # only the first 3 count
+    assert pick_best(np.array([np.nan, -5.0]), 2) == 1
+    assert pick_best(np.array([np.nan, np.nan]), 2) == 0
+    assert pick_best(np.array([0.5, 0.5]), 2) == 0  # ties: the earliest
 
 
 def test_best_of_n_on_a_suite(host, tmp_path, pipe):
