@@ -488,3 +488,19 @@ def test_world_suite_reproduces_a_miro_run(tmp_path, capsys):
             assert got == metrics["models"][model], model
     finally:
         reset_plugins(None)
+
+
+def test_documented_toml_suite_parses(host, tmp_path):
+    """The TOML example of docs/evaluation.md is a valid suite file."""
+    import re
+
+    from miro_eval.suites import suite_from_toml
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "evaluation.md").read_text()
+    block = re.findall(r"^```toml\n(.*?)^```", text, re.M | re.S)[0]
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "a house"}\n')
+    (tmp_path / "house.toml").write_text(block)
+    cls = suite_from_toml(tmp_path / "house.toml")
+    cfg = cls.Config()
+    assert cls.name == "house-prompts" and cfg.rewards == ("pick", "hpsv2") and cfg.sampling.guidance_scale == 5.0
+    assert cfg.prompt_file == str(tmp_path / "prompts.jsonl") and cfg.seed == 7

@@ -221,7 +221,7 @@ class TransformersDetector:
         o = self.options
         h, w = image.shape[:2]
         nh, nw = mmdet_resize_shape(h, w, o.min_size, o.max_size)
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+        x = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None].float()
         if (nh, nw) != (h, w):
             x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=False)
             x = x.round().clamp(0, 255)
