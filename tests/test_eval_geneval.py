@@ -272,6 +272,34 @@ def test_transformers_detector_real_loading(tiny_mask2former):
                 assert o.box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
 
 
+def test_box_detector_path_detr(tmp_path):
+    """A DETR-family detector (AutoModelForObjectDetection + its processor): boxes, no masks."""
+    from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessor, ResNetConfig
+
+    backbone = ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 8, 16], depths=[1, 1, 1, 1], layer_type="basic",
+                            out_features=["stage4"])
+    cfg = DetrConfig(use_timm_backbone=False, backbone_config=backbone, use_pretrained_backbone=False, d_model=16,
+                     encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                     encoder_ffn_dim=16, decoder_ffn_dim=16, num_queries=10,
+                     id2label=dict(enumerate(GENEVAL_CLASSES)), label2id={n: i for i, n in enumerate(GENEVAL_CLASSES)})
+    torch.manual_seed(0)
+    DetrForObjectDetection(cfg).save_pretrained(tmp_path / "detr")
+    DetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}).save_pretrained(tmp_path / "detr")
+    d = TransformersDetector(DetectorOptions(model_path=str(tmp_path / "detr")))
+    img = (np.random.default_rng(0).random((48, 40, 3)) * 255).astype(np.uint8)
+    out = d.detect(img)
+    assert d.kind == "boxes" and type(d.model).__name__ == "DetrForObjectDetection"
+    got = sorted((cls, o.box, o.score) for cls, objs in out.items() for o in objs)
+    assert all(o.mask is None for objs in out.values() for o in objs) and len(got) == 10
+    proc = DetrImageProcessor.from_pretrained(tmp_path / "detr")
+    with torch.no_grad():
+        res = d.model(**proc(images=img, return_tensors="pt"))
+    post = proc.post_process_object_detection(res, threshold=0.0, target_sizes=[(48, 40)])[0]
+    ref = sorted((GENEVAL_CLASSES[int(lab)], tuple(b), float(s)) for lab, s, b in
+                 zip(post["labels"], post["scores"], post["boxes"].tolist()))
+    assert [(c, pytest.approx(b), pytest.approx(s)) for c, b, s in ref] == got
+
+
 def test_detector_missing_weights_error():
     d = TransformersDetector(DetectorOptions(model="nobody/no-such-detector"))
     with pytest.raises(Exception, match="(?s)not available locally.*detector.model_path"):

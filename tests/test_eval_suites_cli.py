@@ -504,3 +504,17 @@ def test_documented_toml_suite_parses(host, tmp_path):
     cfg = cls.Config()
     assert cls.name == "house-prompts" and cfg.rewards == ("pick", "hpsv2") and cfg.sampling.guidance_scale == 5.0
     assert cfg.prompt_file == str(tmp_path / "prompts.jsonl") and cfg.seed == 7
+
+
+def test_pretrained_and_checkpoint_give_the_same_evaluation(host, tmp_path, pipe, ckpt, capsys):
+    pipe.save_pretrained(tmp_path / "pretrained")
+    common = ["--suite", "rewards", "--no-progress", "--set", "rewards=['test_brightness']", "--set",
+              "prompts=['a red square', 'a blue square']", "--set", "sampling.num_steps=2", "--set", "device='cpu'"]
+    _run(["eval", "--pretrained", str(tmp_path / "pretrained"), "--out", str(tmp_path / "a"), *common], capsys)
+    _run(["eval", "--checkpoint", str(ckpt), "--out", str(tmp_path / "b"), *common], capsys)
+    a = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert a["metrics"] == b["metrics"] and a["source"]["pretrained"] and b["source"]["checkpoint"]
+    assert _png_bytes(tmp_path / "a" / "images") == _png_bytes(tmp_path / "b" / "images")
+    assert main(["eval", "--suite", "rewards", "--no-progress"]) == 2
+    assert "--pretrained DIR, --checkpoint DIR or --images DIR" in capsys.readouterr().err
