@@ -518,3 +518,21 @@ def test_pretrained_and_checkpoint_give_the_same_evaluation(host, tmp_path, pipe
     assert _png_bytes(tmp_path / "a" / "images") == _png_bytes(tmp_path / "b" / "images")
     assert main(["eval", "--suite", "rewards", "--no-progress"]) == 2
     assert "--pretrained DIR, --checkpoint DIR or --images DIR" in capsys.readouterr().err
+
+
+def test_compare_adds_a_table_and_a_radar(host, tmp_path, pipe):
+    from miro_eval.suites.rewards import RewardsSuite
+
+    opts = dict(rewards=["test_brightness", "test_prompt_length", "world_sharpness"], prompts=["a red square", "a b"],
+                sampling={"num_steps": 2}, device="cpu")
+    first = make(RewardsSuite, **opts).run(tmp_path / "baseline", pipeline=pipe)
+    second = make(RewardsSuite, **{**opts, "sampling": {"num_steps": 3}, "compare": [str(tmp_path / "baseline")]}).run(
+        tmp_path / "miro", pipeline=pipe)
+    assert second["comparison"]["baseline"] == {k: first["metrics"][k] for k in
+                                                ("test_brightness/mean", "test_prompt_length/mean", "world_sharpness/mean")}
+    report = (tmp_path / "miro" / "report.md").read_text()
+    assert "## Comparison" in report and "| metric | miro | baseline |" in report
+    assert (tmp_path / "miro" / "plots" / "radar.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(Exception, match="does not exist"):
+        make(RewardsSuite, **{**opts, "compare": [str(tmp_path / "nope")]}).run(tmp_path / "x", pipeline=pipe)
+    assert not (tmp_path / "x").exists()  # refused before any work

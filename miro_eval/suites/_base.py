@@ -240,6 +240,7 @@ class ImageSuite(Suite):
             raise ConfigError(f"Suite {self.name!r} needs a model to generate with; it cannot score --images.")
         if pipeline is not None and not self.accepts_model:
             raise ConfigError(f"Suite {self.name!r} scores image folders only: give --images DIR.")
+        others = load_compare(self.config.compare) if self.config.compare else {}  # bad paths fail before any work
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         if pipeline is not None:
@@ -253,12 +254,13 @@ class ImageSuite(Suite):
                                                             "root": str(root.resolve())}))
         rows = self.score(records, root, cache, progress)
         result = self.summarize(rows)
-        result = self.finish(out, result, pipeline=pipeline, images=images, root=root, records=records,
+        result = self.finish(out, result, pipeline=pipeline, images=images, root=root, records=records, others=others,
                              timings={"generate_s": t_gen, "score_s": time.perf_counter() - t0 - t_gen})
         return result
 
     def finish(self, out: Path, result: dict[str, Any], *, pipeline: Any, images: Any, root: Path,
-               records: Sequence[ImageRecord], timings: dict[str, float]) -> dict[str, Any]:
+               records: Sequence[ImageRecord], timings: dict[str, float],
+               others: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
         """Write metrics.json and report.md; returns the metrics.json content."""
         from ..report import write_json
 
@@ -273,7 +275,8 @@ class ImageSuite(Suite):
             **result,
             "timings": timings,
         }
-        others = load_compare(self.config.compare) if self.config.compare else {}
+        if others is None:
+            others = load_compare(self.config.compare) if self.config.compare else {}
         if others:
             data["comparison"] = {label: {k: other.get("metrics", {}).get(k) for k in self.headline_metrics(result)}
                                   for label, other in others.items()}
