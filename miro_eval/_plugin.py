@@ -12,4 +12,5 @@ miro_plugins = [
     "miro_eval.suites.best_of_n",
     "miro_eval.suites.world",
     "miro_eval.suites.evaluators",
+    "miro_eval.suites.controllability",
 ]

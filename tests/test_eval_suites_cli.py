@@ -24,7 +24,8 @@ SUITE_MODULES = ("miro_eval.suites.rewards", "miro_eval.suites.partiprompts", "m
                  "miro_eval.suites.world", "miro_eval.suites.evaluators", "miro_eval.suites.geneval",
                  "miro_eval.reward_scores", "miro_core.cli.eval_cmd", "miro_world.rewards.sharpness",
                  "miro_world.rewards.vividness", "miro_world.rewards.cleanliness", "miro_world.rewards.alignment",
-                 "miro_world.geneval", "miro_world.source", "miro_models.text_encoders.minilm")
+                 "miro_world.geneval", "miro_world.source", "miro_models.text_encoders.minilm",
+                 "miro_eval.suites.controllability")
 
 
 class Brightness(Reward):
@@ -46,6 +47,12 @@ class PromptLength(Reward):
 
     def score(self, images, prompts):
         return torch.tensor([float("nan") if "fail" in p else float(len(p)) for p in prompts])
+
+
+class FakePick(Brightness):
+    """Stands in for the `pick` reward the tiny checkpoint is conditioned on (brightness)."""
+
+    name = "pick"
 
 
 class CountingSuite(Suite):
@@ -79,6 +86,7 @@ def miro_register_suites(register):
 def miro_register_rewards(register):
     register(Brightness)
     register(PromptLength)
+    register(FakePick)
 
 
 third_party.miro_register_suites = miro_register_suites
@@ -126,7 +134,8 @@ def _run(argv, capsys):
 def test_suites_are_listed_with_their_plugins(host, capsys):
     out = _run(["plugins", "--json", "--kind", "suites"], capsys)
     items = {i["name"]: i for i in json.loads(out)["suites"]}
-    for name in ("world", "rewards", "geneval", "partiprompts", "best_of_n", "evaluators", "test_count_images"):
+    for name in ("world", "rewards", "geneval", "partiprompts", "best_of_n", "evaluators", "controllability",
+                 "test_count_images"):
         assert name in items, name
     assert items["test_count_images"]["distribution"] == "miro-test-plugin"
     assert items["test_count_images"]["version"] == "9.9"
@@ -536,3 +545,21 @@ def test_compare_adds_a_table_and_a_radar(host, tmp_path, pipe):
     with pytest.raises(Exception, match="does not exist"):
         make(RewardsSuite, **{**opts, "compare": [str(tmp_path / "nope")]}).run(tmp_path / "x", pipeline=pipe)
     assert not (tmp_path / "x").exists()  # refused before any work
+
+
+def test_controllability_suite_is_the_sweep(host, tmp_path, pipe):
+    from miro_eval import controllability_sweep
+    from miro_eval.suites.controllability import ControllabilitySuite
+
+    opts = dict(target="pick", rewards=["test_prompt_length"], prompts=["a red square", "a blue square"],
+                sampling={"num_steps": 2}, device="cpu", seed=5)
+    res = make(ControllabilitySuite, **opts).run(tmp_path / "c", pipeline=pipe)
+    rewards = {"pick": FakePick(), "test_prompt_length": PromptLength()}
+    ref = controllability_sweep(pipe, pipe.reward_names, "pick", opts["prompts"], rewards, batch_size=16, seed=5,
+                                num_steps=2)
+    assert res["sweep"]["means"] == ref["means"] and res["metrics"]["spearman"] == ref["spearman"]
+    assert res["metrics"]["pick/mean@0.5"] == ref["means"]["pick"][2]
+    again = make(ControllabilitySuite, **opts).run(tmp_path / "c", pipeline=pipe)
+    assert again["cache"]["generated"] == 0 and again["sweep"]["means"] == ref["means"]
+    with pytest.raises(Exception, match="not one of the model's rewards"):
+        make(ControllabilitySuite, **{**opts, "target": "aesthetics"}).run(tmp_path / "d", pipeline=pipe)
