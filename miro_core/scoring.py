@@ -145,15 +145,34 @@ def _caption_problem(sample) -> str | None:
     meta = getattr(sample, "meta", None) or {}
     if meta.get("caption_error"):
         return f"caption unusable: {meta['caption_error']}"
+    if not _encodable(str(sample.caption or "")):
+        return "caption unusable: not valid Unicode (it holds a lone surrogate, e.g. from undecodable bytes)"
     if not str(sample.caption or "").strip():
         return "caption unusable: empty caption (a reward that reads text cannot score it)"
     return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _store_text(text: str | None) -> str | None:
+    """Text as the store can hold it (UTF-8): lone surrogates become U+FFFD."""
+    if text is None or _encodable(text):
+        return text
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def _id_problem(sample_id: str) -> str | None:
     """Why a sample id cannot be a store row (None when it can)."""
     if sample_id == "":
         return "unusable id: empty"
+    if not _encodable(sample_id):
+        return "unusable id: not valid Unicode (a lone surrogate, e.g. a file name that is not UTF-8)"
     if "\x00" in sample_id:
         return "unusable id: contains a NUL byte"
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in sample_id):
@@ -306,8 +325,8 @@ def _prepare_store(store_url, source, rewards, limit, chunk_rows, job_config):
             continue
         first[sid] = pos
         ids.append(sid)
-        caps.append(s.caption or "")
-        shorts.append(s.short_caption)
+        caps.append(_store_text(s.caption or ""))
+        shorts.append(_store_text(s.short_caption))
     for where, why in list(getattr(source, "problems", None) or []):  # e.g. a truncated webdataset shard
         rejected.append((str(where), str(why)))
     if not ids:
