@@ -58,17 +58,37 @@ def test_report_md(tiny_run):
         assert section in text
     assert "| miro | world_sharpness, world_cleanliness, world_vividness, world_alignment |" in text
     assert "![reward vs step](plots/convergence.png)" in text
-    assert "geneval/overall" in text or "overall" in text
+    # the compositional table carries each model's overall score and its standard error, as in metrics.json
+    from miro_eval.report import format_value
+
+    m = json.loads((tiny_run / "metrics.json").read_text())
+    lines = text.splitlines()
+    header = next(i for i, ln in enumerate(lines) if ln.startswith("| model |") and "| overall | ± SE |" in ln)
+    rows = {}
+    for ln in lines[header + 2:]:  # the rows of that table, up to its end
+        if not ln.startswith("| "):
+            break
+        rows[ln.split("|")[1].strip()] = ln
+    for model in ("miro", "baseline"):
+        overall, se = m["models"][model]["geneval/overall"], m["models"][model]["geneval/overall_stderr"]
+        assert rows[model].endswith(f"| {format_value(overall, 4)} | {format_value(se, 4)} |"), rows[model]
 
 
 def test_rerun_reuses_finished_phases(tiny_run, capsys):
     out = tiny_run
-    result = out / "models" / "miro" / "result.json"
-    before = result.stat().st_mtime_ns
-    eval_before = (out / "eval" / "miro.json").stat().st_mtime_ns
+
+    def files(*parts):
+        root = out.joinpath(*parts)
+        return {p.relative_to(out): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+    models_before, eval_before = files("models"), files("eval")
+    scored_before = json.loads((out / "metrics.json").read_text())["reward_table"]
+    assert models_before and eval_before
     assert main(["--preset", "tiny", "--out", str(out), "--no-progress"]) == 0
-    assert result.stat().st_mtime_ns == before  # training reused
-    assert (out / "eval" / "miro.json").stat().st_mtime_ns == eval_before  # evaluation reused
+    # nothing of training (checkpoints, logs, results) or of the evaluation was rewritten: both were reused
+    assert files("models") == models_before
+    assert files("eval") == eval_before
     m = json.loads((out / "metrics.json").read_text())
-    assert m["timings"]["train"] < 5.0
+    assert m["scoring"]["rows_processed"] == 0  # the store was complete: nothing rescored
+    assert m["reward_table"] == scored_before
     assert "report:" in capsys.readouterr().out

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from miro_eval.run import main
@@ -62,7 +63,23 @@ def test_all_experiments_reported(run_dir):
     # controllability: default = the first reward, 5 levels, a Spearman value (or null when undefined)
     c = m["controllability"]["world_sharpness"]
     assert c["levels"] == [0.0, 0.25, 0.5, 0.75, 1.0] and len(c["means"]["world_sharpness"]) == 5
-    assert c["spearman"] is None or -1.0 <= c["spearman"] <= 1.0
+    from scipy.stats import spearmanr
+
+    def undefined(v):
+        return v is None or (isinstance(v, float) and np.isnan(v))
+
+    # Spearman of target level vs mean measured score: recomputed here from the reported levels and means
+    means = np.asarray(c["means"]["world_sharpness"], np.float64)
+    rho = np.nan if np.all(means == means[0]) else float(spearmanr(c["levels"], means).statistic)
+    assert undefined(c["spearman_means"]) == bool(np.isnan(rho))
+    if not np.isnan(rho):
+        assert c["spearman_means"] == pytest.approx(rho, abs=1e-9)
+    # the per-image value (3 prompts x 5 levels) is a correlation with a p-value, or undefined with its p-value
+    assert c["num_images_per_level"] == 3
+    if undefined(c["spearman"]):
+        assert undefined(c["p_value"])
+    else:
+        assert -1.0 <= c["spearman"] <= 1.0 and 0.0 <= c["p_value"] <= 1.0
     # test-time scaling: N = 1, 2, 4 for MIRO and baseline, rewards + compositional overall
     t = m["test_time_scaling"]
     assert t["ns"] == [1, 2, 4] and set(t["results"]) == {"miro", "baseline"}
