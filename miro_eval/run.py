@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed of data order, initialisation and sampling")
     p.add_argument("--device", help="cpu, cuda, cuda:1, auto")
     p.add_argument("--no-baseline", action="store_true", help="do not train the unconditioned baseline")
+    p.add_argument("--reward-option", action="append", default=[], metavar="REWARD.KEY=VALUE",
+                   help="option of one reward (repeatable), as in `miro score`; the same as "
+                        "--set reward_options.REWARD.KEY=VALUE")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field by dotted path, e.g. --set eval.num_steps=30 --set train.optim.lr=3e-4")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -103,6 +106,13 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     data = _deep_merge(data, flags)
     if args.set:
         data = apply_overrides(data, list(args.set))
+    if getattr(args, "reward_option", None):
+        from miro_core.cli.score_cmd import parse_reward_options
+
+        known = list(dict.fromkeys([*data.get("rewards", RunConfig().rewards), *data.get("eval_rewards", ())]))
+        for name, opts in parse_reward_options(known, list(args.reward_option)).items():
+            if opts:
+                data["reward_options"] = _deep_merge(data.get("reward_options", {}), {name: opts})
     if "backbone_options" not in file_data and not any(s.startswith("backbone_options") for s in args.set):
         # presets use a small model of the chosen backbone (see SMALL_BACKBONES); its defaults otherwise
         data["backbone_options"] = dict(SMALL_BACKBONES.get(str(data.get("backbone", "unet")), {}))

@@ -143,3 +143,19 @@ def test_miro_run_rebins_stale_bins_by_itself(tmp_path):
     s = RewardStore.open(run.store_url)
     assert s.stale_bins("equal_width_test") == {}
     assert np.isfinite(s.levels(["brightness"], "equal_width_test")).all()
+
+
+def test_miro_run_reward_option_is_the_spelling_of_miro_score():
+    from miro_eval.run import build_parser, resolve_config
+
+    miro_core.reset_plugins(None)  # miro-run validates names against the real built-ins
+    args = build_parser().parse_args(["--preset", "tiny", "--rewards", "world_sharpness,world_alignment",
+                                      "--reward-option", "world_alignment.threshold=0.5",
+                                      "--set", "reward_options.world_sharpness.x=1"])
+    cfg = resolve_config(args)
+    assert cfg.reward_options == {"world_alignment": {"threshold": 0.5}, "world_sharpness": {"x": 1}}
+    bad = build_parser().parse_args(["--rewards", "world_sharpness", "--reward-option", "world_vividness.x=1"])
+    with pytest.raises(ConfigError, match="not in --rewards"):
+        resolve_config(bad)
+    with pytest.raises(ConfigError, match="reward.key=value"):
+        resolve_config(build_parser().parse_args(["--reward-option", "world_sharpness=1"]))
