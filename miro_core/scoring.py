@@ -479,10 +479,11 @@ class _Scorer:
     (``text_fits``) and for failures."""
 
     def __init__(self, store, rewards: Mapping[str, Reward], buffers: dict[int, _ChunkBuffer], device,
-                 guard_samples: int = 8, expected: Mapping[str, int] | None = None):
+                 guard_samples: int = 8, expected: Mapping[str, int] | None = None, retry_failed: bool = False):
         from .store import STATUS
 
         self.store = store
+        self.retry_failed = retry_failed
         self.chunk_lock = store.locks.chunk if getattr(store.locks, "enabled", False) else None
         # broken-reward guard: a reward must succeed once within its first `threshold` attempted samples
         self.attempts = dict.fromkeys(rewards, 0)
@@ -602,10 +603,12 @@ class _Scorer:
     def _check_guard(self, name: str, final: bool) -> None:
         if self.successes[name] or self.attempts[name] < (2 if final else self.threshold[name]):
             return
+        retry = (" With --retry-failed these rows had failed before: if they are bad data rather than a broken "
+                 "reward, score without --retry-failed to leave them recorded as failed.") if self.retry_failed else ""
         raise MiroError(
             f"Reward {name!r} failed on each of the first {self.attempts[name]} samples it was given "
             f"(first error: {self.first_reason.get(name, '?')}); it looks broken rather than the data. Fix the "
-            "reward or its options and rerun (nothing of this job was written)."
+            f"reward or its options and rerun (nothing of this job was written).{retry}"
         )
 
     def flush_all(self) -> None:
@@ -714,7 +717,8 @@ def score_dataset(
         from ._store_locks import claim_all
 
         expected = {r: int(t.sum()) for r, t in todo.items()}
-        scorer = _Scorer(store, objs, buffers, device, guard_samples=guard_samples, expected=expected)
+        scorer = _Scorer(store, objs, buffers, device, guard_samples=guard_samples, expected=expected,
+                         retry_failed=retry_failed)
         processed = 0
         ok, err = True, None
         try:
