@@ -119,8 +119,8 @@ def _str_array(values: Sequence[Any] | None, n: int) -> np.ndarray:
 
 
 def _as_str(values) -> np.ndarray:
-    """A numpy unicode array from a zarr string read (StringDType / object)."""
-    return np.array([str(v) for v in np.asarray(values).tolist()], dtype=str)
+    """A numpy ``StringDType`` array from a zarr string read (a fixed-width ``str`` array would drop trailing NULs)."""
+    return np.array([str(v) for v in np.asarray(values).tolist()], dtype=np.dtypes.StringDType())
 
 
 def _jsonable(obj: Any) -> Any:

@@ -224,3 +224,45 @@ def test_scoring_any_ids_finishes_or_says_why(tmp_path_factory, scoring_host, id
     assert s.ids().tolist() == usable and s.scored_mask("brightness").all()
     assert s.rejected()["count"] == len(ids) - len(usable)
     assert sorted(os.listdir(tmp)) == ["a.png", "m.jsonl", "store"]  # nothing written beside the store
+
+
+@FAST
+@given(data=st.binary(max_size=60))
+def test_decode_caption_any_bytes(data):
+    from miro_core.data.sources import decode_caption
+
+    text, problem = decode_caption(data)
+    try:
+        want = data.decode("utf-8-sig").strip()
+    except UnicodeDecodeError:
+        assert problem is not None and "not valid UTF-8" in problem
+        assert text == data.decode("utf-8", "replace").strip()
+    else:
+        assert problem is None and text == want
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(samples=st.lists(st.tuples(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,9}(/[A-Za-z0-9][A-Za-z0-9_\-]{0,5})?",
+                                                fullmatch=True),  # (hidden "." / "_" names are skipped)
+                                  st.binary(max_size=40)),
+                        min_size=1, max_size=8, unique_by=lambda t: t[0]))
+def test_webdataset_source_yields_every_sample_as_written(tmp_path_factory, samples):
+    import io
+    import tarfile
+
+    from miro_core.data.sources import WebDatasetSource, decode_caption
+
+    tmp = tmp_path_factory.mktemp("wds")
+    path = tmp / "s.tar"
+    with tarfile.open(path, "w") as tar:
+        for key, cap in samples:
+            for ext, data in (("png", b"\x89PNG fake"), ("txt", cap)):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    got = list(WebDatasetSource(WebDatasetSource.Config(url=str(path))))
+    assert [s.id for s in got] == [k for k, _ in samples]
+    for s, (_, cap) in zip(got, samples):
+        text, problem = decode_caption(cap)
+        assert s.caption == text and s.image == b"\x89PNG fake"
+        assert s.meta.get("caption_error") == problem
