@@ -14,4 +14,5 @@ miro_plugins = [
     "miro_core.cli.convert_cmd",
     "miro_core.cli.encode_cmd",
     "miro_core.cli.eval_cmd",
+    "miro_core.cli.new_plugin_cmd",
 ]

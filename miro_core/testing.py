@@ -16,7 +16,7 @@ Each contract checks what the interface promises (DESIGN.md section 4); subclass
 from __future__ import annotations
 
 __all__ = ["unzero_parameters", "RewardContract", "BinnerContract", "BackboneContract", "DataSourceContract", "TextEncoderContract",
-           "AutoencoderContract", "GuidanceContract"]
+           "AutoencoderContract", "GuidanceContract", "EvaluatorContract", "SuiteContract", "fake_generate"]
 
 import json
 from typing import Any, ClassVar
@@ -26,7 +26,7 @@ import torch
 
 from ._config import structure, unstructure
 from ._plugins import registry
-from .interfaces import MISSING_BIN, Autoencoder, Backbone, Binner, DataSource, Reward, Sample, TextEncoder
+from .interfaces import MISSING_BIN, Autoencoder, Backbone, Binner, DataSource, Evaluator, Reward, Sample, Suite, TextEncoder
 
 
 def _images(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
@@ -299,3 +299,122 @@ class GuidanceContract:
     def test_registered(self):
         assert registry("guidance").get(self.guidance_name).cls.name == self.guidance_name
 
+    def test_config_round_trip(self):
+        g = self.make_guidance()
+        assert structure(json.loads(json.dumps(unstructure(g.config))), type(g).Config) == g.config
+
+    @staticmethod
+    def _toy():
+        """A toy velocity depending on x, t, the text and the reward levels; records each call's batch size."""
+        from .sampling import Cond
+
+        calls: list[int] = []
+
+        def model_fn(x, t, cond):
+            calls.append(int(x.shape[0]))
+            m = cond.text_mask.to(x.dtype)[..., None]
+            text = (cond.text_tokens * m).sum((1, 2)) / m.sum((1, 2)).clamp_min(1)
+            lv = torch.nan_to_num(cond.levels, nan=-1.0).sum(1)
+            return x * (1 + lv)[:, None, None, None] + (text + t)[:, None, None, None]
+
+        g = torch.Generator().manual_seed(0)
+        tokens = torch.randn(3, 4, 5, generator=g)
+        mask = torch.ones(3, 4, dtype=torch.bool)
+        mask[0, -1] = False
+        pos, neg = Cond(tokens, mask, torch.ones(3, 2)), Cond(tokens, mask, torch.zeros(3, 2))
+        return model_fn, calls, torch.randn(3, 3, 4, 4, generator=g), torch.full((3,), 0.6), pos, neg
+
+    def test_velocity_shape_and_at_most_two_branches(self):
+        model_fn, calls, x, t, pos, neg = self._toy()
+        v = self.make_guidance()(model_fn, x, t, pos, neg)
+        assert v.shape == x.shape and torch.isfinite(v).all()
+        assert calls and sum(calls) <= 2 * x.shape[0] and all(c in (x.shape[0], 2 * x.shape[0]) for c in calls)
+
+    def test_equal_targets_give_the_positive_prediction(self):
+        model_fn, calls, x, t, pos, _ = self._toy()
+        v = self.make_guidance()(model_fn, x, t, pos, pos)
+        torch.testing.assert_close(v, model_fn(x, t, pos), atol=1e-5, rtol=1e-5)
+
+
+
+def fake_generate(prompts, seed: int = 0, size: int = 16, **kwargs: Any) -> torch.Tensor:
+    """A stand-in for a model: ``generate(prompts, seed=...) -> [B, 3, size, size]`` in [0, 1], a pure function
+    of (prompt, seed), so evaluators and suites can be tested without a model."""
+    out = []
+    for i, p in enumerate(prompts):
+        g = torch.Generator().manual_seed((int(seed) * 1_000_003 + i * 7919 + sum(map(ord, str(p)))) % (2**31))
+        out.append(torch.rand(3, size, size, generator=g))
+    return torch.stack(out) if out else torch.zeros(0, 3, size, size)
+
+
+class EvaluatorContract:
+    """Contract for :class:`Evaluator` plugins: ``evaluate(generate, ...)`` returns a flat ``{str: float}``."""
+
+    evaluator_name: ClassVar[str]
+    options: ClassVar[dict[str, Any]] = {}
+
+    def make_evaluator(self, tmp_path) -> Evaluator:
+        return registry("evaluators").create(self.evaluator_name, dict(self.options))
+
+    def make_generate(self, tmp_path):
+        """The generator the checks evaluate (default: :func:`fake_generate`)."""
+        return fake_generate
+
+    def test_registered(self):
+        reg = registry("evaluators").get(self.evaluator_name)
+        assert issubclass(reg.cls, Evaluator) and reg.cls.name == self.evaluator_name and reg.distribution
+
+    def test_config_round_trip(self, tmp_path):
+        ev = self.make_evaluator(tmp_path)
+        data = json.loads(json.dumps(unstructure(ev.config)))
+        assert structure(data, type(ev).Config) == ev.config
+
+    def test_metrics_flat_and_finite(self, tmp_path):
+        metrics = self.make_evaluator(tmp_path).evaluate(self.make_generate(tmp_path))
+        assert isinstance(metrics, dict) and metrics, "evaluate must return a non-empty {metric: float} dict"
+        for key, value in metrics.items():
+            assert isinstance(key, str) and isinstance(value, float), (key, value)
+            assert np.isfinite(value), (key, value)
+        json.dumps(metrics)
+
+    def test_deterministic(self, tmp_path):
+        generate = self.make_generate(tmp_path)
+        assert self.make_evaluator(tmp_path).evaluate(generate) == self.make_evaluator(tmp_path).evaluate(generate)
+
+
+class SuiteContract:
+    """Contract for :class:`Suite` plugins: ``run(out, pipeline=...)`` writes ``metrics.json`` and ``report.md``
+    into ``out`` and returns the content of ``metrics.json``."""
+
+    suite_name: ClassVar[str]
+    options: ClassVar[dict[str, Any]] = {}
+
+    def make_suite(self, tmp_path) -> Suite:
+        return registry("suites").create(self.suite_name, dict(self.options))
+
+    def make_generate(self, tmp_path):
+        """The model the checks evaluate (default: :func:`fake_generate`)."""
+        return fake_generate
+
+    def test_registered(self):
+        reg = registry("suites").get(self.suite_name)
+        assert issubclass(reg.cls, Suite) and reg.cls.name == self.suite_name and reg.distribution
+        assert isinstance(reg.cls.accepts_images, bool) and isinstance(reg.cls.accepts_model, bool)
+
+    def test_config_round_trip(self, tmp_path):
+        suite = self.make_suite(tmp_path)
+        data = json.loads(json.dumps(unstructure(suite.config)))
+        assert structure(data, type(suite).Config) == suite.config
+
+    def test_run_writes_metrics_and_report(self, tmp_path):
+        import pytest
+
+        suite = self.make_suite(tmp_path)
+        if not type(suite).accepts_model:
+            pytest.skip(f"suite {self.suite_name!r} does not generate with a model")
+        out = tmp_path / "out"
+        data = suite.run(out, pipeline=self.make_generate(tmp_path))
+        assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(data))
+        assert (out / "report.md").read_text().strip()
+        again = self.make_suite(tmp_path).run(out, pipeline=self.make_generate(tmp_path))
+        assert json.loads(json.dumps(again)).get("metrics") == json.loads(json.dumps(data)).get("metrics")
