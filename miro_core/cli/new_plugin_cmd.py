@@ -151,7 +151,7 @@ class NewPluginCommand(Command):
         parser.add_argument("plugin_name", metavar="NAME",
                             help="component name in lower snake case (module miro_NAME, distribution miro-NAME)")
         parser.add_argument("--kind", required=True, choices=list(KINDS), help="what the plugin provides")
-        parser.add_argument("--out", help="package directory to create (default: ./miro-NAME); must not exist")
+        parser.add_argument("--out", metavar="DIR", help="package directory to create (default: ./miro-NAME); must not exist")
 
     def run(self, args):
         target = render_plugin(args.plugin_name, args.kind, args.out)
