@@ -190,9 +190,21 @@ def test_pair_and_isolate_targets():
     pos, neg = isolate_targets(["a", "b"], "b")
     assert neg == {"a": 1.0, "b": 0.0}
     assert isolate_targets(["a", "b"], None)[1] == {"a": 0.0, "b": 0.0}
-    out = pairwise_sweep(FakeGenerator(), ["fake_brightness", "x"], "fake_brightness", "x", ["p"], {"fake_brightness": MeanBrightness()},
+    seen = []
+
+    class Recording(FakeGenerator):
+        def __call__(self, prompts, seed=0, reward_targets=None, negative_reward_targets=None, **kw):
+            seen.append((dict(reward_targets), dict(negative_reward_targets)))
+            return super().__call__(prompts, seed, reward_targets, negative_reward_targets, **kw)
+
+    names = ["fake_brightness", "x"]
+    out = pairwise_sweep(Recording(noise=0.0), names, "fake_brightness", "x", ["p"], {"fake_brightness": MeanBrightness()},
                          ts=(0.0, 0.5, 1.0))
-    assert len(out["means"]["fake_brightness"]) == 3
+    # one generation per t, with exactly the pair targets of that t (s+ = 1; s-[a] = t, s-[b] = 1 - t)
+    assert seen == [pair_targets(names, "fake_brightness", "x", t) for t in (0.0, 0.5, 1.0)]
+    assert out["t"] == [0.0, 0.5, 1.0]
+    # noise-free images have brightness 0.2 + 0.6 * s+[fake_brightness] = 0.8 at every t
+    assert out["means"]["fake_brightness"] == pytest.approx([0.8, 0.8, 0.8], abs=1e-6)
 
 
 def test_comparison_and_leave_one_out_tables():
