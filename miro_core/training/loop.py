@@ -315,13 +315,9 @@ def train_step(model, batches, optimizer, scheduler, ema, cfg: TrainConfig, devi
 # Resume
 # ---------------------------------------------------------------------------------------------------
 def _find_resume(out: Path) -> Path | None:
-    root = out / "checkpoints"
-    latest = root / "latest"
-    if latest.is_file():
-        p = root / latest.read_text().strip()
-        if (p / "config.json").exists():
-            return p
-    found = list_checkpoints(root)
+    """The newest COMPLETE checkpoint (a checkpoint directory appears only once complete; a kill between its rename
+    and the ``latest`` update leaves ``latest`` one behind, so ``latest`` alone is not the authority)."""
+    found = list_checkpoints(out / "checkpoints")
     return found[-1] if found else None
 
 
