@@ -58,15 +58,18 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget", type=float, default=170.0, help="training seconds per backbone (pure step time)")
     ap.add_argument("--only", default="", help="comma-separated subset of " + ",".join(CANDIDATES))
+    ap.add_argument("--step-ms", default="", help="NAME=MS,... step times measured earlier (skips re-measuring them)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     names = [n for n in (args.only.split(",") if args.only else CANDIDATES) if n]
     # all step times first, interleaved over rounds (the machine is shared: min over rounds per backbone)
-    secs = {n: float("inf") for n in names}
+    given = {k: float(v) / 1e3 for k, v in (x.split("=") for x in args.step_ms.split(",") if x)}
+    secs = {n: given.get(n, float("inf")) for n in names}
     for _ in range(3):
         for n in names:
-            secs[n] = min(secs[n], step_seconds(*CANDIDATES[n]))
+            if n not in given:
+                secs[n] = min(secs[n], step_seconds(*CANDIDATES[n]))
     print(json.dumps({"step_ms": {n: round(v * 1e3, 1) for n, v in secs.items()}}), flush=True)
     rows = []
     for name in names:
