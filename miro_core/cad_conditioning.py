@@ -28,6 +28,7 @@ from torch import nn
 
 from ._config import config as _config
 from ._errors import ConfigError
+from .conditioning import check_levels
 from .nn import LayerScale, ScalarEmbedder
 
 
@@ -113,13 +114,7 @@ class CADConditioning(nn.Module):
         """``(context [B, N+R+L, dim], mask [B, N+R+L] bool)``."""
         b = text_tokens.shape[0]
         n, r = self.num_rewards, self.config.num_registers
-        if levels is None:
-            levels = text_tokens.new_zeros(b, 0)
-        if levels.ndim != 2 or levels.shape[0] != b or levels.shape[1] != n:
-            raise ConfigError(
-                f"reward levels must have shape [batch={b}, rewards={n}] for rewards {list(self.config.rewards)}, "
-                f"got {tuple(levels.shape)}."
-            )
+        levels = check_levels(levels, b, self.config.rewards, text_tokens)
         text_mask = text_mask.to(device=text_tokens.device, dtype=torch.bool)
         parts = [self.text_proj(text_tokens.to(self.text_proj.weight.dtype))]
         masks = [text_mask]

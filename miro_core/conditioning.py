@@ -15,7 +15,7 @@ masked self-attention blocks), with mask ``[text_mask; True...]``. Padded text p
 
 from __future__ import annotations
 
-__all__ = ["RewardConditioning", "fourier_features"]
+__all__ = ["RewardConditioning", "fourier_features", "check_levels"]
 
 import math
 from typing import Any
@@ -42,6 +42,18 @@ def fourier_features(levels: torch.Tensor, fourier_dim: int, max_frequency: floa
     if fourier_dim % 2:
         out = F.pad(out, (0, 1))
     return out
+
+
+def check_levels(levels: torch.Tensor | None, batch: int, rewards: tuple[str, ...], like: torch.Tensor) -> torch.Tensor:
+    """``levels`` as ``[batch, len(rewards)]`` (``None`` for no rewards), or a ConfigError naming the shapes."""
+    if levels is None:
+        levels = like.new_zeros(batch, 0)
+    if levels.ndim != 2 or levels.shape[0] != batch or levels.shape[1] != len(rewards):
+        raise ConfigError(
+            f"reward levels must have shape [batch={batch}, rewards={len(rewards)}] for rewards {list(rewards)}, "
+            f"got {tuple(levels.shape)}."
+        )
+    return levels
 
 
 class _RMSNorm(nn.Module):
@@ -136,13 +148,7 @@ class RewardConditioning(nn.Module):
         """``(context [B, L+R+N, dim], mask [B, L+R+N] bool)``."""
         b, length, _ = text_tokens.shape
         n, r = self.num_rewards, self.config.num_registers
-        if levels is None:
-            levels = text_tokens.new_zeros(b, 0)
-        if levels.ndim != 2 or levels.shape[0] != b or levels.shape[1] != n:
-            raise ConfigError(
-                f"reward levels must have shape [batch={b}, rewards={n}] for rewards {list(self.config.rewards)}, "
-                f"got {tuple(levels.shape)}."
-            )
+        levels = check_levels(levels, b, self.config.rewards, text_tokens)
         text_mask = text_mask.to(device=text_tokens.device, dtype=torch.bool)
         text = self.text_proj(self.text_norm(text_tokens.to(self.text_proj.weight.dtype)))
         text = text * text_mask[..., None]

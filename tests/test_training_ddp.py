@@ -30,6 +30,19 @@ if os.environ.get("RANK") == "0":
 """
 
 
+def _torchrun_train(cfg: dict, tmp_path: Path) -> list[dict]:
+    """Train ``cfg`` with torchrun on 2 CPU processes (gloo) into ``tmp_path/ddp``; rank 0's history."""
+    script, hist = tmp_path / "ddp_run.py", tmp_path / "hist.json"
+    script.write_text(SCRIPT.format(tests=str(TESTS), cfg=json.dumps(cfg), out=str(tmp_path / "ddp"), hist=str(hist)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MIRO_LOAD_PLUGINS": ""}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+        capture_output=True, text=True, timeout=240, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(hist.read_text())
+
+
 RIN_TINY = {"name": "rin", "options": {"interface_dim": 16, "latent_dim": 16, "num_latents": 4, "num_blocks": 1,
                                        "layers_per_block": 1, "heads": 2, "interface_heads": 2}}
 
@@ -46,16 +59,7 @@ def test_two_process_ddp_matches_single_process(tmp_path, backbone):
         over["model.backbone"] = RIN_TINY
     cfg = tiny_config(tmp_path, steps=3, checkpoint_every=0, **over)
     single = train(cfg, tmp_path / "single", store=make_store(), progress=False)  # also builds the cache
-    script = tmp_path / "ddp_run.py"
-    hist = tmp_path / "hist.json"
-    script.write_text(SCRIPT.format(tests=str(TESTS), cfg=json.dumps(cfg), out=str(tmp_path / "ddp"), hist=str(hist)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MIRO_LOAD_PLUGINS": ""}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
-        capture_output=True, text=True, timeout=240, env=env,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    ddp_hist = json.loads(hist.read_text())
+    ddp_hist = _torchrun_train(cfg, tmp_path)
     a = {h["step"]: h["loss"] for h in single.history}
     b = {h["step"]: h["loss"] for h in ddp_hist}
     for s in (1, 2, 3):
@@ -85,16 +89,7 @@ def test_two_process_streaming_training_encodes_and_trains(tmp_path):
 
     over = {"optim.grad_clip": 0.0, "data.encoded": str(tmp_path / "enc_ddp"), "data.shard_rows": 6}
     cfg = tiny_config(tmp_path, steps=3, checkpoint_every=0, **over)
-    script = tmp_path / "ddp_stream.py"
-    hist = tmp_path / "hist.json"
-    script.write_text(SCRIPT.format(tests=str(TESTS), cfg=json.dumps(cfg), out=str(tmp_path / "ddp"), hist=str(hist)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MIRO_LOAD_PLUGINS": ""}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
-        capture_output=True, text=True, timeout=240, env=env,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    losses = [h["loss"] for h in json.loads(hist.read_text()) if "loss" in h]
+    losses = [h["loss"] for h in _torchrun_train(cfg, tmp_path) if "loss" in h]
     assert len(losses) == 3 and all(l == l for l in losses)
     # the same shards as one process encoding everything
     from miro_core.training import train
