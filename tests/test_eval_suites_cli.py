@@ -484,11 +484,15 @@ def test_world_suite_reproduces_a_miro_run(tmp_path, capsys):
     """`miro-run --preset tiny`, then `miro eval --suite world` on its checkpoints: the same numbers, exactly."""
     from miro_eval.run import main as miro_run
 
-    out = tmp_path / "run"
-    assert miro_run(["--preset", "tiny", "--out", str(out), "--no-progress"]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    reset_plugins(None)
+    from miro_core._plugins import get_plugin_host
+
+    previous = get_plugin_host()  # this module's fake host when another test here created it
+    reset_plugins(None)  # the real plugins for miro-run
     try:
+        out = tmp_path / "run"
+        assert miro_run(["--preset", "tiny", "--out", str(out), "--no-progress"]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        reset_plugins(None)
         for model in ("miro", "baseline"):
             rc = main(["eval", "--suite", "world", "--checkpoint", str(out / "models" / model), "--set",
                        f"run_dir='{out}'", "--out", str(tmp_path / f"eval_{model}"), "--no-progress"])
@@ -496,7 +500,7 @@ def test_world_suite_reproduces_a_miro_run(tmp_path, capsys):
             got = json.loads((tmp_path / f"eval_{model}" / "metrics.json").read_text())["metrics"]
             assert got == metrics["models"][model], model
     finally:
-        reset_plugins(None)
+        reset_plugins(previous)
 
 
 def test_documented_toml_suite_parses(host, tmp_path):
