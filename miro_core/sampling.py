@@ -15,6 +15,7 @@ __all__ = [
     "save_images",
     "image_grid",
     "as_generate",
+    "load_pipeline",
     "SAMPLING_DEFAULTS",
     "SAMPLING_PRESETS",
 ]
@@ -183,6 +184,21 @@ class _ModelFn:
         with _autocast(self.device):
             v = self.model(xin, t, tokens, cond.text_mask, cond.levels)
         return v.to(x.dtype)
+
+
+def load_pipeline(*, checkpoint: str | Path | None = None, pretrained: str | Path | None = None,
+                  text_encoder: Any = None, vae: Any = None, device: str = "auto", use_ema: bool = True) -> MiroPipeline:
+    """The CLI's way to get a pipeline: a training checkpoint, or a pretrained directory / Hub id (ours or an
+    official release, with optional ``text_encoder`` / ``vae`` replacements); ``device="auto"`` = CUDA when present."""
+    if (checkpoint is None) == (pretrained is None):
+        raise ConfigError("Give exactly one of a checkpoint and a pretrained model.")
+    if checkpoint is not None and (text_encoder is not None or vae is not None):
+        raise ConfigError("--text-encoder / --vae go with --pretrained; a checkpoint uses its own.")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if checkpoint is not None:
+        return MiroPipeline.from_checkpoint(checkpoint, device=device, use_ema=use_ema)
+    return MiroPipeline.from_pretrained(pretrained, text_encoder=text_encoder, vae=vae, device=device)
 
 
 def as_generate(obj: Any) -> Any:

@@ -151,18 +151,11 @@ class EvalCommand(Command):
         out = Path(args.out) if args.out else Path("miro-eval") / suite.name / (Path(source).resolve().name or "source")
         pipeline = None
         if not args.images:
-            import torch
+            from ..sampling import load_pipeline
 
-            from ..sampling import MiroPipeline
-
-            device = args.device
-            if device == "auto":
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-            if args.checkpoint:
-                pipeline = MiroPipeline.from_checkpoint(args.checkpoint, device=device, use_ema=not args.no_ema)
-            else:
-                pipeline = MiroPipeline.from_pretrained(args.pretrained, text_encoder=args.text_encoder, vae=args.vae,
-                                                        device=device)
+            pipeline = load_pipeline(checkpoint=args.checkpoint, pretrained=args.pretrained,
+                                     text_encoder=args.text_encoder, vae=args.vae, device=args.device,
+                                     use_ema=not args.no_ema)
         result = suite.run(out, pipeline=pipeline, images=args.images, progress=_progress(not args.no_progress))
         metrics = result.get("metrics", {})
         shown = list(metrics.items())[:12]

@@ -77,10 +77,8 @@ class SampleCommand(Command):
     def run(self, args):
         from pathlib import Path
 
-        import torch
-
         from ..flow import SOLVERS
-        from ..sampling import MiroPipeline, resolve_targets, save_images
+        from ..sampling import load_pipeline, resolve_targets, save_images
 
         if args.n < 1 or (args.steps is not None and args.steps < 1) or args.batch_size < 1:
             raise ConfigError("--n, --steps and --batch-size must be >= 1.")
@@ -88,19 +86,12 @@ class SampleCommand(Command):
             raise ConfigError(f"Unknown solver {args.solver!r}; available: {', '.join(SOLVERS)}.")
         if args.guidance is not None and not math.isfinite(args.guidance):
             raise ConfigError("--guidance must be a finite number.")
-        if args.checkpoint and (args.text_encoder or args.vae):
-            raise ConfigError("--text-encoder / --vae go with --pretrained; a checkpoint uses its own.")
         positive = parse_targets(args.target, "--target")
         negative = parse_targets(args.negative, "--negative")
         interval = _interval(args.guidance_interval)
-        device = args.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if args.checkpoint:
-            pipe = MiroPipeline.from_checkpoint(args.checkpoint, device=device, use_ema=not args.no_ema)
-        else:
-            pipe = MiroPipeline.from_pretrained(args.pretrained, text_encoder=args.text_encoder, vae=args.vae,
-                                                device=device)
+        pipe = load_pipeline(checkpoint=args.checkpoint, pretrained=args.pretrained, text_encoder=args.text_encoder,
+                             vae=args.vae, device=args.device, use_ema=not args.no_ema)
+        device = pipe.device
         if args.sampling:
             pipe.use_sampling(args.sampling)
         names = list(pipe.reward_names)
