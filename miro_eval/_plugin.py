@@ -13,4 +13,10 @@ miro_plugins = [
     "miro_eval.suites.world",
     "miro_eval.suites.evaluators",
     "miro_eval.suites.controllability",
+    "miro_eval.suites.comparison",
+    "miro_eval.suites.leave_one_out",
+    "miro_eval.suites.controllability_sweep",
+    "miro_eval.suites.tradeoff",
+    "miro_eval.suites.test_time_scaling",
+    "miro_eval.suites.guidance_sweep",
 ]

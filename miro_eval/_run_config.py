@@ -6,7 +6,8 @@ The resolved config is saved as ``config.json`` in the out folder.
 
 from __future__ import annotations
 
-__all__ = ["RunConfig", "EvalConfig", "ExperimentsConfig", "PRESETS", "SMALL_BACKBONES", "WORLD_REWARDS", "preset_names"]
+__all__ = ["RunConfig", "EvalConfig", "ExperimentsConfig", "PRESETS", "SMALL_BACKBONES", "WORLD_REWARDS", "preset_names",
+           "resolve_config", "validate_config", "parse_reward_list"]
 
 from typing import Any
 
@@ -182,3 +183,104 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def preset_names() -> list[str]:
     return list(PRESETS)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Resolution of miro-run's command line into a RunConfig (moved from run.py; not preset values)
+# ---------------------------------------------------------------------------------------------------
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_reward_list(text: str) -> tuple[str, ...]:
+    """``"a,b,c"`` -> ``("a", "b", "c")``, ``"none"`` -> ``()``: the shared rules of ``miro score`` / ``miro
+    train`` (:func:`miro_core._reward_list.parse_reward_list`)."""
+    from miro_core._reward_list import parse_reward_list as _parse
+
+    return _parse(text, allow_none=True)
+
+
+def resolve_config(args: Any) -> RunConfig:
+    """preset < --config TOML < flags < --set; validated against the registries."""
+    from miro_core import ConfigError, apply_overrides, load_toml, structure
+
+    file_data: dict[str, Any] = load_toml(args.config) if args.config else {}
+    preset = args.preset or file_data.get("preset") or "default"
+    if preset not in PRESETS:
+        from miro_core._errors import did_you_mean
+
+        raise ConfigError(f"Unknown preset {preset!r}.{did_you_mean(preset, PRESETS)} Presets: {', '.join(PRESETS)}.")
+    data = _deep_merge(PRESETS[preset], file_data)
+    data["preset"] = preset
+    flags: dict[str, Any] = {}
+    if args.rewards is not None:
+        flags["rewards"] = list(parse_reward_list(args.rewards))
+    for key, attr in (("binner", "binner"), ("bins", "bins"), ("backbone", "backbone"), ("data", "data"),
+                      ("steps", "steps"), ("batch_size", "batch_size"), ("seed", "seed"), ("device", "device"),
+                      ("name", "name")):
+        value = getattr(args, attr)
+        if value is not None:
+            flags[key] = value
+    if args.no_baseline:
+        flags["baseline"] = False
+    data = _deep_merge(data, flags)
+    if args.set:
+        data = apply_overrides(data, list(args.set))
+    if getattr(args, "reward_option", None):
+        from miro_core.cli.score_cmd import parse_reward_options
+
+        known = list(dict.fromkeys([*data.get("rewards", RunConfig().rewards), *data.get("eval_rewards", ())]))
+        for name, opts in parse_reward_options(known, list(args.reward_option)).items():
+            if opts:
+                data["reward_options"] = _deep_merge(data.get("reward_options", {}), {name: opts})
+    if "backbone_options" not in file_data and not any(s.startswith("backbone_options") for s in args.set):
+        # presets use a small model of the chosen backbone (see SMALL_BACKBONES); its defaults otherwise
+        data["backbone_options"] = dict(SMALL_BACKBONES.get(str(data.get("backbone", "unet")), {}))
+    if args.rewards is not None:  # preset experiment settings naming other rewards follow --rewards
+        ex = data.get("experiments", {})
+        user_ex = set(file_data.get("experiments", {})) | {s.split("=", 1)[0].split(".", 1)[-1] for s in args.set
+                                                            if s.startswith("experiments.")}
+        chosen = set(flags["rewards"])
+        if "controllability_rewards" in ex and "controllability_rewards" not in user_ex:
+            ex["controllability_rewards"] = [r for r in ex["controllability_rewards"] if r in chosen]
+        if ex.get("tts_selection") and "tts_selection" not in user_ex and ex["tts_selection"] not in chosen:
+            ex["tts_selection"] = ""
+    cfg = structure(data, RunConfig, path="run")
+    validate_config(cfg)
+    return cfg
+
+
+def validate_config(cfg: RunConfig) -> None:
+    """Check names against the registries before any work starts (one-paragraph errors)."""
+    from miro_core import ConfigError, registry
+
+    for name in (*cfg.rewards, *cfg.eval_rewards):
+        registry("rewards").get(name)
+    registry("binners").get(cfg.binner)
+    registry("backbones").get(cfg.backbone)
+    registry("text_encoders").get(cfg.text_encoder)
+    registry("autoencoders").get(cfg.autoencoder)
+    if cfg.bins < 2:
+        raise ConfigError(f"--bins {cfg.bins}: need at least 2 bins per reward.")
+    if cfg.steps < 1:
+        raise ConfigError(f"--steps {cfg.steps}: train for at least 1 step.")
+    if not cfg.rewards and not cfg.baseline:
+        raise ConfigError("No rewards and no baseline: nothing to train. Give --rewards or drop --no-baseline.")
+    for r in cfg.experiments.controllability_rewards:
+        if r not in cfg.rewards:
+            raise ConfigError(f"experiments.controllability_rewards names {r!r}, which is not in --rewards {list(cfg.rewards)}.")
+    if cfg.experiments.tts_selection and cfg.experiments.tts_selection not in (*cfg.rewards, *cfg.eval_rewards):
+        raise ConfigError(f"experiments.tts_selection {cfg.experiments.tts_selection!r} is not among the rewards.")
+    known = sorted({*registry("guidance").names(), "text_cfg"})
+    for v in cfg.experiments.guidance_sweep_variants:
+        if v not in known:
+            raise ConfigError(f"experiments.guidance_sweep_variants names {v!r}, which is not a guidance; known: {', '.join(known)}.")
+    for w in cfg.experiments.guidance_sweep_scales:
+        if not (w >= 0 and w < float("inf")):
+            raise ConfigError(f"experiments.guidance_sweep_scales has {w!r}: guidance scales must be finite and >= 0.")

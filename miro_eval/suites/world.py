@@ -1,6 +1,6 @@
 """``world``: ``miro-run``'s evaluation of a model on the built-in world, as a suite.
 
-It is the same code as ``miro-run``'s main evaluation (:meth:`miro_eval.run.MiroRun.measure`: every reward on
+It is the same code as ``miro-run``'s main evaluation (:meth:`miro_eval.suites._experiment.RunContext.measure`, which ``miro_eval.run.MiroRun`` inherits: every reward on
 held-out world captions, then ``world_geneval``), with the same settings: those of a ``miro-run`` out folder
 (``run_dir``: its ``config.json``) or of a preset with overrides. So ``miro eval --suite world --checkpoint
 OUT/models/miro --set run_dir=OUT`` reproduces the ``models.miro`` numbers of that run's ``metrics.json`` exactly.
@@ -23,25 +23,12 @@ from miro_core import ConfigError, Suite, config, hookimpl, structure, unstructu
 
 from ._generation import CachedGenerate
 from ._base import suite_source
+from ._experiment import RunContext, run_config
 
 
 def world_run_config(run_dir: str | None, preset: str, overrides: dict[str, Any]):
     """The ``RunConfig`` of a ``miro-run`` out folder, or of a preset, with nested ``overrides`` merged in."""
-    from .._run_config import PRESETS, SMALL_BACKBONES, RunConfig
-    from ..run import _deep_merge
-
-    if run_dir:
-        path = Path(run_dir) / "config.json"
-        if not path.exists():
-            raise ConfigError(f"world suite: {path} does not exist; run_dir must be a miro-run --out folder.")
-        data = json.loads(path.read_text())
-    else:
-        if preset not in PRESETS:
-            raise ConfigError(f"world suite: unknown preset {preset!r}; presets: {', '.join(PRESETS)}.")
-        data = _deep_merge(PRESETS[preset], {"preset": preset})
-        data.setdefault("backbone_options", dict(SMALL_BACKBONES.get(str(data.get("backbone", "unet")), {})))
-    data = _deep_merge(data, overrides)
-    return structure(data, RunConfig, path="world.run_config")
+    return run_config(run_dir, preset, overrides, what="world suite")
 
 
 class WorldSuite(Suite):
@@ -60,7 +47,6 @@ class WorldSuite(Suite):
 
     def run(self, out: Any, *, pipeline: Any = None, images: Any = None, progress: Any = None) -> dict[str, Any]:
         from ..report import Report, write_json
-        from ..run import MiroRun
 
         if images is not None or pipeline is None:
             raise ConfigError("The world suite generates with a model: give --checkpoint or --pretrained (not --images).")
@@ -70,7 +56,7 @@ class WorldSuite(Suite):
         if cfg.data.split(":", 1)[0] != "world":
             raise ConfigError(f"The world suite evaluates on the built-in world; this config's data is {cfg.data!r}.")
         t0 = time.perf_counter()
-        run = MiroRun(cfg, out, progress=False)
+        run = RunContext(cfg, out, progress=False)
         kwargs = run.sampling_kwargs(pipeline)
         gen = CachedGenerate(pipeline, out / "cache", stamp={"eval": unstructure(cfg.eval), "data": run.data_spec(),
                                                              "sampling": kwargs})
