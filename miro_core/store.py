@@ -702,7 +702,7 @@ class RewardStore:
             else:
                 calib = finite
             state = _jsonable(binner.fit(scores[calib]))
-            bins = np.asarray(binner.transform(scores, state)).astype(np.int16)
+            bins = _checked_bins(binner.transform(scores, state), scores, binner, reg, r)
             attrs = {
                 "binner": binner_name,
                 "options": binner.config_dict(),
@@ -803,3 +803,32 @@ class RewardStore:
 
 def open_store(url: str, mode: str = "r") -> RewardStore:
     return RewardStore.open(url, mode)
+
+
+def _checked_bins(out: Any, scores: np.ndarray, binner: Any, reg: Any, reward: str) -> np.ndarray:
+    """A binner's ``transform`` output checked against the Binner contract before anything is written."""
+    from .interfaces import MISSING_BIN
+
+    who = f"Binner {reg.name!r} (distribution {reg.distribution} {reg.version}, plugin {reg.plugin})"
+    fix = ("It must return one integer level per score, in [0, num_bins) for finite scores and "
+           f"{MISSING_BIN} (MISSING_BIN) for NaN. Fix the plugin (its BinnerContract tests in miro_core.testing "
+           "check this) or use another binner; nothing was written.")
+    bins = np.asarray(out)
+    if bins.shape != scores.shape:
+        raise StoreError(f"{who} broke its contract on reward {reward!r}: transform returned shape "
+                         f"{bins.shape} for {scores.shape[0]} scores. {fix}")
+    if not (np.issubdtype(bins.dtype, np.integer) or np.issubdtype(bins.dtype, np.floating)):
+        raise StoreError(f"{who} broke its contract on reward {reward!r}: transform returned dtype {bins.dtype}. {fix}")
+    if np.issubdtype(bins.dtype, np.floating) and not np.array_equal(bins, np.round(bins), equal_nan=False):
+        raise StoreError(f"{who} broke its contract on reward {reward!r}: transform returned non-integer or NaN "
+                         f"levels. {fix}")
+    finite = ~np.isnan(scores)
+    good = (bins[finite] >= 0) & (bins[finite] < binner.num_bins)
+    if not good.all():
+        bad = bins[finite][~good]
+        raise StoreError(f"{who} broke its contract on reward {reward!r}: {bad.size} finite scores got levels "
+                         f"outside [0, {binner.num_bins}) (e.g. {bad[:3].tolist()}). {fix}")
+    if not (bins[~finite] == MISSING_BIN).all():
+        raise StoreError(f"{who} broke its contract on reward {reward!r}: NaN scores got a level other than "
+                         f"{MISSING_BIN}. {fix}")
+    return bins.astype(np.int16)

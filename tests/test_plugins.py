@@ -252,7 +252,41 @@ def test_plugin_sub_modules_are_attributed_to_the_distribution(site, monkeypatch
     assert (reg.distribution, reg.version, reg.plugin) == ("sub-dist", "0.3", f"{module}_binner")
 
 
-def test_failing_import_names_distribution_and_keeps_traceback(site, monkeypatch):
+def _broken(host: PluginHost, ep: str):
+    found = [b for b in host.broken if b.entry_point == ep]
+    assert found, f"{ep} not reported broken: {host.broken}"
+    return found[0]
+
+
+GOOD_BINNER = """
+import miro_core
+from miro_core import hookimpl
+
+
+class Const(miro_core.Binner):
+    name = "{name}"
+
+    @miro_core.config
+    class Config:
+        num_bins: int = 4
+
+    def fit(self, scores):
+        return {}
+
+    def transform(self, scores, state):
+        import numpy as np
+        return np.zeros(np.shape(scores), dtype=np.int16)
+
+
+@hookimpl
+def miro_register_binners(register):
+    register(Const)
+"""
+
+
+def test_failing_import_is_isolated_named_and_keeps_traceback(site, monkeypatch, caplog):
+    import logging
+
     ep, module = site("broken-dist", "0.9", """
     import miro_core
 
@@ -261,41 +295,133 @@ def test_failing_import_names_distribution_and_keeps_traceback(site, monkeypatch
 
     _helper()
     """)
-    with pytest.raises(PluginLoadError) as err:
-        _host(monkeypatch, ep)
-    msg = str(err.value)
-    assert f"entry point {ep!r}" in msg and "broken-dist 0.9" in msg
-    assert "RuntimeError: boom while importing" in msg
-    assert "Original traceback" in msg and f"{module}.py" in msg and "_helper()" in msg
-    assert isinstance(err.value.__cause__, RuntimeError)
+    good, _ = site("good-dist", "1.0", REWARD_SOURCE.replace("{reward}", "shiny_ok"))
+    with caplog.at_level(logging.WARNING, logger="miro_core._plugins"):
+        host = _host(monkeypatch, ep, good)
+    assert "shiny_ok" in host["rewards"]  # the other plugin is untouched
+    b = _broken(host, ep)
+    assert (b.distribution, b.version, b.stage) == ("broken-dist", "0.9", "import")
+    assert f"entry point {ep!r}" in b.error and "broken-dist 0.9" in b.error and "RuntimeError: boom while importing" in b.error
+    assert "uninstall" in b.error and "MIRO_LOAD_PLUGINS" in b.error  # the fix
+    assert f"{module}.py" in b.traceback and "_helper()" in b.traceback
+    assert "boom while importing" in caplog.text and "miro plugins" in caplog.text
+    with pytest.raises(UnknownComponentError) as err:  # a lookup of what it might have provided says so
+        host["rewards"].get("shiny_from_broken")
+    assert ep in str(err.value) and "failed to load" in str(err.value) and "RuntimeError" in str(err.value)
 
 
-def test_failing_sub_module_import(site, monkeypatch):
-    ep, module = site("broken-sub", "1.0", 'miro_plugins = ["{module}_missing_sub"]\n')
-    with pytest.raises(PluginLoadError, match=r"(?s)_missing_sub.*broken-sub 1.0.*ModuleNotFoundError"):
-        _host(monkeypatch, ep)
+def test_failing_sub_module_leaves_the_whole_plugin_out(site, monkeypatch):
+    source = 'miro_plugins = ["{module}_binner", "{module}_missing_sub"]\n'
+    ep, module = site("broken-sub", "1.0", source, extra={"{module}_binner": GOOD_BINNER.replace("{name}", "half_plugin")})
+    host = _host(monkeypatch, ep)
+    b = _broken(host, ep)
+    assert b.stage == "import" and "_missing_sub" in b.error and "broken-sub 1.0" in b.error
+    assert "ModuleNotFoundError" in b.error
+    assert "half_plugin" not in host["binners"]  # no half-registered plugin
 
 
-def test_hook_that_raises_is_reported(site, monkeypatch):
+def test_hook_that_raises_is_isolated(site, monkeypatch):
     ep, _ = site("raising-dist", "1.0", """
+    import miro_core
     from miro_core import hookimpl
+
+    class Fine(miro_core.Binner):
+        name = "fine_but_dropped"
+        Config = miro_core.EmptyConfig
+        def fit(self, scores):
+            return {}
+        def transform(self, scores, state):
+            return scores
+
+    @hookimpl
+    def miro_register_binners(register):
+        register(Fine)
 
     @hookimpl
     def miro_register_guidance(register):
         raise ValueError("cannot register today")
     """)
-    with pytest.raises(PluginLoadError, match=r"(?s)miro_register_guidance.*raising-dist 1.0.*cannot register today"):
-        _host(monkeypatch, ep)
+    good, _ = site("good-dist2", "1.0", REWARD_SOURCE.replace("{reward}", "shiny_ok2"))
+    host = _host(monkeypatch, ep, good)
+    b = _broken(host, ep)
+    assert b.stage == "hook" and "miro_register_guidance" in b.error and "raising-dist 1.0" in b.error
+    assert "cannot register today" in b.error and "ValueError" in b.traceback
+    assert "fine_but_dropped" not in host["binners"] and "shiny_ok2" in host["rewards"]
 
 
-def test_same_name_from_two_distributions(site, monkeypatch):
-    ep1, _ = site("first-dist", "1.0", REWARD_SOURCE.replace("{reward}", "shiny_dup"))
+def test_invalid_component_is_isolated(site, monkeypatch):
+    ep, _ = site("nameless-dist", "0.1", """
+    import miro_core
+    from miro_core import hookimpl
+
+    class NoName(miro_core.Reward):
+        Config = miro_core.EmptyConfig
+        def score(self, images, prompts):
+            return images.mean(dim=(1, 2, 3))
+
+    @hookimpl
+    def miro_register_rewards(register):
+        register(NoName)
+    """)
+    host = _host(monkeypatch, ep, builtins=True)
+    b = _broken(host, ep)
+    assert b.stage == "invalid component" and "no string class attribute `name`" in b.error
+    assert "quantile" in host["binners"]
+
+
+def test_hook_failures_in_miro_itself_or_in_code_still_raise(monkeypatch):
+    import types
+
+    mod = types.ModuleType("local_raising_plugin")
+
+    @miro_core.hookimpl
+    def miro_register_binners(register):
+        raise ValueError("a bug in code added directly")
+
+    mod.miro_register_binners = miro_register_binners
+    monkeypatch.setenv("MIRO_LOAD_PLUGINS", "")
+    with pytest.raises(PluginLoadError, match=r"(?s)miro_register_binners.*local_raising_plugin.*a bug in code"):
+        PluginHost(extra_plugins=[(mod, "local_raising_plugin")], builtins=False)
+    with pytest.raises(DuplicateComponentError, match="'fake'"):  # two in-process plugins, one name
+        PluginHost(extra_plugins=[(_dup_module("a"), "a"), (_dup_module("b"), "b")], builtins=False)
+
+
+def _dup_module(suffix: str):
+    import types
+
+    m = types.ModuleType(f"local_dup_plugin_{suffix}")
+
+    @miro_core.hookimpl
+    def miro_register_binners(register):
+        register(_FakeBinner)
+
+    m.miro_register_binners = miro_register_binners
+    return m
+
+
+def test_same_name_from_two_distributions_makes_only_that_name_unusable(site, monkeypatch):
+    extra = GOOD_BINNER.replace("{name}", "first_only_binner")
+    src1 = REWARD_SOURCE.replace("{reward}", "shiny_dup") + "\nmiro_plugins = ['{module}_b']\n"
+    ep1, _ = site("first-dist", "1.0", src1, extra={"{module}_b": extra})
     ep2, _ = site("second-dist", "2.0", REWARD_SOURCE.replace("{reward}", "shiny_dup"))
+    host = _host(monkeypatch, ep1, ep2, builtins=True)
     with pytest.raises(DuplicateComponentError) as err:
-        _host(monkeypatch, ep1, ep2)
+        host["rewards"].get("shiny_dup")
     msg = str(err.value)
-    assert "'shiny_dup'" in msg and "first-dist 1.0" in msg and "second-dist 2.0" in msg
+    assert "'shiny_dup'" in msg and "first-dist 1.0" in msg and "second-dist 2.0" in msg and "MIRO_LOAD_PLUGINS" in msg
+    assert "shiny_dup" not in host["rewards"].names()
+    assert "first_only_binner" in host["binners"] and "aesthetic" in host["rewards"]  # everything else works
+    assert {b.distribution for b in host.broken if b.stage == "duplicate name"} == {"first-dist", "second-dist"}
     assert "shiny_dup" in _host(monkeypatch, ep2)["rewards"]  # restricting loading resolves it
+
+
+def test_a_plugin_shadowing_a_builtin_name_is_reported_not_fatal(site, monkeypatch):
+    ep, _ = site("shadow-dist", "0.1", GOOD_BINNER.replace("{name}", "quantile"))
+    host = _host(monkeypatch, ep, builtins=True)
+    with pytest.raises(DuplicateComponentError, match=r"(?s)(?=.*'quantile')(?=.*miro 0\.1\.0)(?=.*shadow-dist 0\.1)"):
+        host["binners"].get("quantile")
+    assert "uniform" in host["binners"]
+    assert _broken(host, ep).stage == "duplicate name"
 
 
 def test_miro_load_plugins_empty_loads_no_third_party_but_every_builtin(site, monkeypatch):
@@ -337,11 +463,13 @@ def test_miro_load_plugins_list_loads_only_those(site, monkeypatch):
     monkeypatch.setenv("MIRO_LOAD_PLUGINS", f" {good} , ,")  # spaces and empty items are ignored
     assert PluginHost(builtins=False)["rewards"].names() == ["shiny_only"]
     with_builtins = PluginHost()["rewards"]  # the default: built-ins + the listed third-party plugin
-    assert "shiny_only" in with_builtins and "world_sharpness" in with_builtins
+    assert "shiny_only" in with_builtins and "aesthetic" in with_builtins
+    assert "world_sharpness" not in with_builtins  # the world is a plugin like any other
+    assert ("miro_world", "miro-world", "0.1.0") in PluginHost().skipped
     assert "hasler_colorfulness" not in with_builtins
 
 
-def test_check_pending_misspelled_hook_fails_loudly(site, monkeypatch):
+def test_misspelled_hook_is_reported_with_a_suggestion(site, monkeypatch):
     ep, module = site("typo-dist", "0.2", """
     from miro_core import hookimpl
 
@@ -349,10 +477,25 @@ def test_check_pending_misspelled_hook_fails_loudly(site, monkeypatch):
     def miro_register_reward(register):
         pass
     """)
-    with pytest.raises(PluginLoadError) as err:
-        _host(monkeypatch, ep)
-    msg = str(err.value)
-    assert "miro_register_reward" in msg and "typo-dist 0.2" in msg and "Did you mean 'miro_register_rewards'" in msg
+    host = _host(monkeypatch, ep)
+    b = _broken(host, ep)
+    assert b.stage == "unknown hook"
+    assert "miro_register_reward" in b.error and "typo-dist 0.2" in b.error and "Did you mean 'miro_register_rewards'" in b.error
+
+
+def test_misspelled_hook_in_code_still_raises(monkeypatch):
+    import types
+
+    mod = types.ModuleType("local_typo")
+
+    @miro_core.hookimpl
+    def miro_register_binner(register):
+        pass
+
+    mod.miro_register_binner = miro_register_binner
+    monkeypatch.setenv("MIRO_LOAD_PLUGINS", "")
+    with pytest.raises(PluginLoadError, match="Did you mean 'miro_register_binners'"):
+        PluginHost(extra_plugins=[(mod, "local_typo")], builtins=False)
 
 
 def test_extra_plugins_register_as_local(monkeypatch):
@@ -380,7 +523,7 @@ def _plugins_json(capsys, *args) -> dict:
 def test_miro_plugins_json(monkeypatch, capsys, fresh_global_host):
     monkeypatch.setenv("MIRO_LOAD_PLUGINS", "miro_core,miro_example")
     data = _plugins_json(capsys)
-    assert list(data) == KINDS
+    assert list(data) == [*KINDS, "broken"] and data["broken"] == []
     for kind, items in data.items():
         for item in items:
             assert {"name", "distribution", "version"} <= set(item), (kind, item)
@@ -388,7 +531,7 @@ def test_miro_plugins_json(monkeypatch, capsys, fresh_global_host):
     for key in [("rewards", "hasler_colorfulness"), ("binners", "zscore")]:
         assert by_name[key]["distribution"] == "miro-example-plugin" and by_name[key]["version"] == "0.1.0"
     assert by_name[("commands", "plugins")]["distribution"] == "miro"
-    assert _plugins_json(capsys, "--kind", "binners") == {"binners": data["binners"]}
+    assert _plugins_json(capsys, "--kind", "binners") == {"binners": data["binners"], "broken": []}
 
 
 def test_miro_plugins_text(monkeypatch, capsys, fresh_global_host):
@@ -401,6 +544,24 @@ def test_miro_plugins_text(monkeypatch, capsys, fresh_global_host):
     assert re.search(r"^  quantile +\[miro 0\.1\.0\]", out, re.M)
     assert main(["plugins", "--kind", "binner"]) == 2
     assert "Did you mean 'binners'" in capsys.readouterr().err
+
+
+def test_cli_works_and_miro_plugins_lists_a_broken_plugin(site, monkeypatch, capsys, fresh_global_host, tmp_path):
+    """The issue's report: an entry point that fails to import took the whole CLI down."""
+    ep, _ = site("cmd-broken-dist", "0.4", "import miro_core\nraise ImportError('needs libfoo 2')\n")
+    monkeypatch.setenv("MIRO_LOAD_PLUGINS", f"{ep},miro_example")
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(rf"^broken plugins \(1\)", out, re.M) and ep in out and "cmd-broken-dist 0.4" in out
+    assert "needs libfoo 2" in out and "hasler_colorfulness" in out
+    assert re.search(r"^not loaded \(MIRO_LOAD_PLUGINS\): .*miro_world \[miro-world", out, re.M)
+    data = _plugins_json(capsys)
+    (b,) = data["broken"]
+    assert (b["entry_point"], b["distribution"], b["stage"]) == (ep, "cmd-broken-dist", "import")
+    assert "ImportError: needs libfoo 2" in b["traceback"]
+    # a real command that does not need the broken plugin still works
+    assert main(["new-plugin", "iso_reward", "--kind", "reward", "--out", str(tmp_path / "pkg")]) == 0
+    assert (tmp_path / "pkg").is_dir()
 
 
 def test_all_installed_plugins_load_together(fresh_global_host, monkeypatch):
@@ -424,7 +585,7 @@ def test_all_installed_plugins_load_together(fresh_global_host, monkeypatch):
 
 def test_console_script(tmp_path):
     exe = Path(sys.executable).with_name("miro")
-    env = dict(os.environ, MIRO_LOAD_PLUGINS="miro_core,miro_example")
+    env = dict(os.environ, MIRO_LOAD_PLUGINS="miro_world,miro_example")
     proc = subprocess.run([str(exe), "plugins", "--json", "--kind", "rewards"], capture_output=True, text=True,
                           env=env, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -586,3 +747,78 @@ def test_load_toml_errors(tmp_path):
     bad.write_text("name = \n")
     with pytest.raises(ConfigError, match="is not valid TOML"):
         load_toml(bad)
+
+
+# ----------------------------------------------------------------------------------------------- every hook
+_HOOK_BASES = {
+    "rewards": "Reward", "binners": "Binner", "backbones": "Backbone", "guidance": "Guidance",
+    "evaluators": "Evaluator", "suites": "Suite", "data_sources": "DataSource", "text_encoders": "TextEncoder",
+    "autoencoders": "Autoencoder", "commands": "Command",
+}
+
+
+def test_every_hook_registers_through_an_installed_entry_point(site, monkeypatch, capsys, fresh_global_host):
+    """Each hook in docs/plugins.md works end to end: an installed distribution implementing it gets its component
+    into the registry of that kind (attributed to the distribution) and into `miro plugins --json`."""
+    assert set(_HOOK_BASES) == set(_hookspecs.HOOK_KINDS)
+    eps = []
+    for kind, hook in _hookspecs.HOOK_KINDS.items():
+        name = f"hookcheck {kind}" if kind == "commands" else f"hookcheck_{kind}"
+        ep, _ = site(f"hook-{kind.replace('_', '-')}", "0.0.1", f"""
+        import miro_core
+        from miro_core import hookimpl
+
+
+        class C(miro_core.{_HOOK_BASES[kind]}):
+            \"\"\"Registered by the {hook} check.\"\"\"
+
+            name = "{name}"
+            Config = miro_core.EmptyConfig
+
+
+        @hookimpl
+        def {hook}(register):
+            register(C)
+        """)
+        eps.append(ep)
+    host = _host(monkeypatch, *eps)
+    assert host.broken == []
+    for kind in _hookspecs.HOOK_KINDS:
+        name = f"hookcheck {kind}" if kind == "commands" else f"hookcheck_{kind}"
+        assert host[kind].names() == [name], kind
+        assert host[kind].get(name).distribution == f"hook-{kind.replace('_', '-')}"
+    monkeypatch.setenv("MIRO_LOAD_PLUGINS", ",".join(eps))
+    data = _plugins_json(capsys)
+    for kind in _hookspecs.HOOK_KINDS:
+        assert any(i["name"].startswith("hookcheck") for i in data[kind]), kind
+
+
+def test_a_command_that_fails_to_build_does_not_take_the_cli_down(site, monkeypatch, capsys, fresh_global_host):
+    ep, _ = site("badcmd-dist", "0.2", """
+    import miro_core
+    from miro_core import hookimpl
+
+
+    class Cmd(miro_core.Command):
+        name = "badcmd"
+        help = "a command whose arguments cannot be built"
+
+        def add_arguments(self, parser):
+            parser.add_argument("--x", type=int, default="not an int", choices="bad")
+            raise RuntimeError("argument table is corrupt")
+
+        def run(self, args):
+            return 0
+
+
+    @hookimpl
+    def miro_register_commands(register):
+        register(Cmd)
+    """)
+    monkeypatch.setenv("MIRO_LOAD_PLUGINS", ep)
+    assert main(["plugins", "--kind", "rewards"]) == 0
+    out = capsys.readouterr()
+    assert "broken plugins (1)" in out.out and "badcmd-dist 0.2" in out.out and "argument table is corrupt" in out.out
+    assert main(["badcmd", "--x", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "error: Command 'badcmd'" in err and "badcmd-dist 0.2" in err and "RuntimeError: argument table is corrupt" in err

@@ -34,7 +34,7 @@ def _torchrun_train(cfg: dict, tmp_path: Path) -> list[dict]:
     """Train ``cfg`` with torchrun on 2 CPU processes (gloo) into ``tmp_path/ddp``; rank 0's history."""
     script, hist = tmp_path / "ddp_run.py", tmp_path / "hist.json"
     script.write_text(SCRIPT.format(tests=str(TESTS), cfg=json.dumps(cfg), out=str(tmp_path / "ddp"), hist=str(hist)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MIRO_LOAD_PLUGINS": ""}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MIRO_LOAD_PLUGINS": "miro_world"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
         capture_output=True, text=True, timeout=240, env=env,

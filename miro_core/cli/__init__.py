@@ -11,6 +11,7 @@ import traceback
 from collections.abc import Callable, Sequence
 
 from .._errors import MiroError
+from .._plugins import BUILTIN_DISTRIBUTION
 
 
 def _configure_logging(verbose: int) -> None:
@@ -29,7 +30,6 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     groups: dict[str, argparse._SubParsersAction] = {}
     commands: dict[str, object] = {}
     for reg in registry("commands"):
-        cmd = reg.cls()
         parts = reg.name.split()
         target = sub
         for depth, part in enumerate(parts[:-1]):
@@ -40,11 +40,50 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
                 g.required = True
                 groups[key] = g
             target = groups[key]
-        p = target.add_parser(parts[-1], help=cmd.help, description=cmd.help)
-        cmd.add_arguments(p)
+        builtin = reg.distribution == BUILTIN_DISTRIBUTION
+        try:
+            cmd = reg.cls()
+            if not builtin:  # a plugin's arguments are tried on a scratch parser first: a failure leaves no trace
+                cmd.add_arguments(argparse.ArgumentParser(add_help=False))
+        except Exception as exc:  # noqa: BLE001 - a third-party command must not take the CLI down
+            if builtin:
+                raise
+            cmd = _broken_command(reg, exc)
+            try:
+                # no option prefix: whatever follows the command name is accepted, then run() says why it is broken
+                p = target.add_parser(parts[-1], help=cmd.help, description=cmd.help, add_help=False,
+                                      prefix_chars="\x00")
+            except Exception:  # noqa: BLE001 - e.g. the name clashes with a built-in command: leave it out
+                continue
+            p.add_argument("rest", nargs="*")
+        else:
+            p = target.add_parser(parts[-1], help=cmd.help, description=cmd.help)
+            cmd.add_arguments(p)
         p.set_defaults(_miro_command=cmd)
         commands[reg.name] = cmd
     return parser, commands
+
+
+def _broken_command(reg, exc: BaseException):
+    """A stand-in for a plugin command that failed to build: listed as broken, and says why when run."""
+    from .._plugins import BrokenPlugin, get_plugin_host
+
+    error = (f"Command {reg.name!r} of plugin {reg.plugin!r} (distribution {reg.distribution} {reg.version}) "
+             f"failed to set up: {type(exc).__name__}: {exc}. Fix or uninstall that package, or skip it with "
+             "MIRO_LOAD_PLUGINS.")
+    host = get_plugin_host()
+    if not any(b.error == error for b in host.broken):
+        host.broken.append(BrokenPlugin(reg.plugin, reg.distribution, reg.version, "command",
+                                        error, "".join(traceback.format_exception(exc))))
+        logging.getLogger("miro_core._plugins").warning("%s (`miro plugins` lists it)", error)
+
+    class Broken:
+        help = f"(broken: {type(exc).__name__}; see `miro plugins`)"
+
+        def run(self, args):
+            raise MiroError(error)
+
+    return Broken()
 
 
 def run_cli(fn: Callable[[], int | None], debug: bool) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = ["PluginsCommand"]
 
 import json
+import textwrap
 import sys
 
 from .. import hookimpl
@@ -27,8 +28,9 @@ class PluginsCommand(Command):
         if args.kind:
             host[args.kind]  # validates the kind with a helpful error
             data = {args.kind: data[args.kind]}
+        broken = [dict(b.as_dict(), traceback=b.traceback) for b in host.broken]
         if args.json:
-            json.dump(data, sys.stdout, indent=2)
+            json.dump({**data, "broken": broken}, sys.stdout, indent=2)
             sys.stdout.write("\n")
             return 0
         for kind, items in data.items():
@@ -40,6 +42,13 @@ class PluginsCommand(Command):
                 src = f"{item['distribution']} {item['version']}".strip()
                 summary = f"  {item['summary']}" if item["summary"] else ""
                 print(f"  {item['name']:<{width}}  [{src}]{summary}")
+        if broken:
+            print(f"broken plugins ({len(broken)}): left out; every command that does not need them works")
+            for b in broken:
+                print(f"  {b['entry_point']}  [{b['distribution']} {b['version']}]  {b['stage']}")
+                print(textwrap.indent(textwrap.fill(b["error"].splitlines()[0], 100), "      "))
+        if host.skipped:
+            print("not loaded (MIRO_LOAD_PLUGINS): " + ", ".join(f"{ep} [{d} {v}]" for ep, d, v in host.skipped))
         return 0
 
 
