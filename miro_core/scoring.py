@@ -2,19 +2,28 @@
 
 Design (documented in ``docs/scoring.md``):
 
-* Rows first. Rank 0 reads the ids and captions of the source (up to ``limit``), creates the store or appends
-  the new ids, and creates/checks every reward column (a version/config mismatch fails before any work).
+* Rows first, reading ids and captions only. The source is cut into pieces
+  (:mod:`miro_core.data.parts`): a webdataset source by shard (rank ``r`` of ``W`` reads the shards
+  ``k % W == r``, as webdataset's ``split_by_node`` does), an image folder / JSONL manifest / indexable source by
+  contiguous slice. Every rank reads the ids and captions of its own pieces (no image is decoded; a local shard
+  is read header by header, seeking over the images), in parallel; rank 0 gathers them, creates the store or
+  appends the new ids in the source's own order (the same rows whatever the number of ranks), creates/checks
+  every reward column (a version/config mismatch fails before any work) and sends each rank the rows of its
+  pieces. Collectives use the long process-group timeout of :mod:`miro_core.distributed`.
 * Then scoring touches only pending rows: a row is pending for a reward while its ``done/<reward>`` code is 0.
   Adding a reward to a scored store therefore scores only that reward; a killed job resumes where it stopped.
 * All rewards of one job are set up once and each decoded batch goes through all of them (images are decoded
   once). To keep one heavy model in memory at a time, run ``miro score`` once per reward: each run scores
   only the rewards that are missing.
 * Images are decoded and collated in ``workers`` DataLoader worker processes (``None``: :func:`auto_workers`;
-  ``0``: in the main process), a whole batch per worker, grouped by image size since rewards take
-  ``[B, 3, H, W]``; the main process only runs the rewards (vectorised bookkeeping) and writes chunks.
+  ``0``: in the main process); worker ``w`` reads only its share of the rank's pieces (its own shards, as
+  webdataset's ``split_by_worker``, or its own contiguous sub-slice), skips pieces with nothing pending, builds
+  whole batches grouped by image size since rewards take ``[B, 3, H, W]``; the main process only runs the
+  rewards (vectorised bookkeeping) and writes chunks.
 * Results are buffered per store chunk and written when the chunk's pending rows are all scored: scores and
-  failure reasons first, the done codes last, whole chunks only. Under ``torchrun`` rank ``r`` owns the chunks
-  ``c`` with ``c % world_size == r``, so writers never share a chunk.
+  failure reasons first, the done codes last, whole chunks only. A chunk whose rows come from pieces of several
+  ranks is written under the store's chunk lock (re-reading the rows this rank did not score); a store without
+  locks (not a local path) has those shared chunks written at the end, one rank after the other.
 * Per-sample failures (undecodable image, exception inside the reward, NaN/inf score; for rewards that use
   text also an empty or non-UTF-8 caption) are isolated by retrying a failing batch one sample at a time and
   recorded with their reason; the job goes on. Samples that cannot get a row (a repeated id, an id with a
@@ -50,57 +59,66 @@ log = logging.getLogger(__name__)
 # streaming + decoding (runs in the DataLoader worker processes)
 # ---------------------------------------------------------------------------------------------------
 class DecodedBatches(torch.utils.data.IterableDataset):
-    """Samples of ``source`` whose row is in ``wanted``, decoded and collated into batches.
+    """This rank's wanted samples, decoded and collated into batches, each worker reading only its own pieces.
 
-    The ``k``-th batch (of ``batch_size`` consecutive wanted samples) is built by worker ``k % num_workers``,
-    so the DataLoader yields the batches in source order and each batch touches few store chunks. A worker
-    decodes only its own batches (reading a caption is all it does for the others' samples); a batch arrives
-    ready to score: ``rows`` (int64 array), ``captions``, ``short_captions``, ``errors`` (``{position:
-    reason}`` of undecodable images) and ``groups``: ``[(positions, float32 [b, 3, H, W])]`` per image size.
-    With ``keep_uint8``, ``groups_u8`` holds, per group, the decoded 8-bit images as uint8 ``[b, 3, H, W]`` (None
-    for a group with float inputs): rewards with ``accepts_uint8`` get those bytes instead of a float round trip.
+    ``parts`` (:class:`~miro_core.data.parts.SourceParts`) and ``pieces`` (this rank's share of the source) say
+    what this rank reads; ``rows[i]`` is the store row of each position of ``pieces[i]`` (-1: no row, e.g. a
+    repeated id or past ``limit``), as the ids pass found them. DataLoader worker ``w`` of ``n`` reads only its
+    share of the pieces (:meth:`SourceParts.worker_pieces`: its own shards, or its own contiguous slice); a
+    piece without a wanted row is not opened. A batch holds ``batch_size`` consecutive wanted samples of one
+    worker and arrives ready to score: ``rows`` (int64 array), ``captions``, ``short_captions``, ``errors``
+    (``{position: reason}`` of undecodable images) and ``groups``: ``[(positions, float32 [b, 3, H, W])]`` per
+    image size. With ``keep_uint8``, ``groups_u8`` holds, per group, the decoded 8-bit images as uint8
+    ``[b, 3, H, W]`` (None for a group with float inputs): rewards with ``accepts_uint8`` get those bytes
+    instead of a float round trip.
     """
 
-    def __init__(self, source: DataSource, index: Mapping[str, int], wanted: set[int] | np.ndarray,
-                 batch_size: int, limit: int | None, keep_uint8: bool = False, num_rows: int | None = None):
+    def __init__(self, parts, pieces: list, rows: list[np.ndarray], wanted: np.ndarray, batch_size: int,
+                 keep_uint8: bool = False):
         super().__init__()
-        self.source = source
-        self.index = index
-        self.wanted = wanted
+        if len(pieces) != len(rows):
+            raise ValueError(f"{len(pieces)} pieces but {len(rows)} row arrays")
+        self.parts, self.pieces, self.rows = parts, list(pieces), list(rows)
+        self.wanted = np.asarray(wanted, bool)
         self.batch_size = batch_size
-        self.limit = limit
         self.keep_uint8 = keep_uint8
-        self.num_rows = num_rows
 
-    def _wanted_fn(self):
-        w = self.wanted
-        if isinstance(w, np.ndarray) and w.dtype == bool:
-            n = w.shape[0]
-            return lambda row: row < n and bool(w[row])
-        return w.__contains__
+    def worker_share(self, worker: int, num_workers: int) -> list[tuple[tuple, np.ndarray]]:
+        """``[(piece, rows of its positions)]`` that DataLoader worker ``worker`` of ``num_workers`` reads."""
+        if self.parts.kind != "slices":
+            return list(zip(self.pieces, self.rows))[worker::num_workers]
+        out = []
+        for (unit, lo, hi), r in zip(self.pieces, self.rows):
+            for sub in self.parts.worker_pieces([(unit, lo, hi)], worker, num_workers):
+                out.append((sub, r[sub[1] - lo:sub[2] - lo]))
+        return out
 
     def _batches_of_items(self):
         """Lists of ``(row, sample)`` per batch of this worker."""
         info = torch.utils.data.get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        bs, limit, index = self.batch_size, self.limit, self.index
-        wanted = self._wanted_fn()
-        n_rows = self.num_rows if self.num_rows is not None else (max(index.values(), default=-1) + 1)
-        seen = np.zeros(n_rows, bool)  # a repeated id maps to the row of its first occurrence: deliver it once
-        k, buf = 0, []
-        for pos, sample in enumerate(self.source):
-            if limit is not None and pos >= limit:
-                break
-            row = index.get(str(sample.id))
-            if row is None or row >= n_rows or seen[row] or not wanted(row):
-                continue
-            seen[row] = True
-            if (k // bs) % nw == wid:
-                buf.append((row, sample))
-                if len(buf) == bs:
-                    yield buf
-                    buf = []
-            k += 1
+        bs, wanted, n_rows = self.batch_size, self.wanted, self.wanted.shape[0]
+        buf = []
+        for piece, rows in self.worker_share(wid, nw):
+            keep = (rows >= 0) & (rows < n_rows)
+            keep[keep] = wanted[rows[keep]]
+            if not keep.any():
+                continue  # nothing of this piece is wanted: it is not even opened
+            last = int(np.flatnonzero(keep)[-1])  # the rest of the piece is not read
+            n = 0
+            for j, sample in self.parts.samples(piece, keep if self.parts.kind == "slices" else None):
+                n = j + 1
+                if j >= rows.shape[0]:
+                    raise MiroError(_changed(piece, self.parts, rows.shape[0], "more"))
+                if keep[j]:
+                    buf.append((int(rows[j]), sample))
+                    if len(buf) == bs:
+                        yield buf
+                        buf = []
+                if j == last:
+                    break
+            if n <= last:
+                raise MiroError(_changed(piece, self.parts, rows.shape[0], f"only {n}"))
         if buf:
             yield buf
 
@@ -138,6 +156,12 @@ class DecodedBatches(torch.utils.data.IterableDataset):
     def __iter__(self):
         for items in self._batches_of_items():
             yield self._batch(items, self.keep_uint8)
+
+
+def _changed(piece, parts, expected: int, got: str) -> str:
+    where = parts.source.urls[piece[0]] if parts.kind == "shards" else f"positions {piece[1]}..{piece[2]}"
+    return (f"Data source {where}: {got} samples where the ids pass of this job found {expected}; the data changed "
+            "while it was being scored. Make the data read-only during `miro score` and rerun (it resumes).")
 
 
 def _caption_problem(sample) -> str | None:
@@ -210,58 +234,6 @@ def auto_workers(device: str | torch.device = "cpu") -> int:
 
 
 # ---------------------------------------------------------------------------------------------------
-# distributed helpers
-# ---------------------------------------------------------------------------------------------------
-class _Dist:
-    """torch.distributed (gloo) when running under torchrun with WORLD_SIZE > 1; no-op otherwise."""
-
-    def __init__(self, rank: int | None, world_size: int | None):
-        self.rank = int(os.environ.get("RANK", 0)) if rank is None else int(rank)
-        self.world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else int(world_size)
-        if not 0 <= self.rank < self.world_size:
-            raise MiroError(f"rank {self.rank} is outside world_size {self.world_size}.")
-        self.owned = False
-        self.active = False
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            if not dist.is_initialized():
-                if "MASTER_ADDR" not in os.environ:
-                    raise MiroError(
-                        f"world_size={self.world_size} needs torch.distributed: launch with `torchrun "
-                        "--nproc_per_node K miro score ...` (or initialise a process group before calling)."
-                    )
-                dist.init_process_group("gloo", rank=self.rank, world_size=self.world_size)
-                self.owned = True
-            self.active = True
-
-    def agree(self, ok: bool) -> bool:
-        """Barrier that also tells every rank whether all ranks got here without an error."""
-        if not self.active:
-            return ok
-        import torch.distributed as dist
-
-        flag = torch.tensor([0 if ok else 1], dtype=torch.int64)
-        dist.all_reduce(flag)
-        return int(flag.item()) == 0
-
-    def sum(self, value: int) -> int:
-        if not self.active:
-            return value
-        import torch.distributed as dist
-
-        t = torch.tensor([value], dtype=torch.int64)
-        dist.all_reduce(t)
-        return int(t.item())
-
-    def close(self) -> None:
-        if self.owned:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-
-# ---------------------------------------------------------------------------------------------------
 # the job
 # ---------------------------------------------------------------------------------------------------
 def _normalise_rewards(rewards) -> dict[str, dict[str, Any]]:
@@ -302,33 +274,70 @@ def _reward_provenance(reward: Reward) -> dict[str, Any]:
     return meta
 
 
-def _prepare_store(store_url, source, rewards, limit, chunk_rows, job_config):
-    """Rank 0: create/extend the rows, create/check the reward columns, record the job.
+def _read_texts(parts, pieces, limit: int | None) -> dict[str, Any]:
+    """This rank's ids pass: ids and captions of its pieces (no image is decoded or, for local shards, read).
 
-    Returns the store and the rows of this source's samples (in source order)."""
+    Returns ``{"pieces": [(ids, captions, short captions)] per piece, "problems": [(where, why)]}``; with
+    ``limit`` (one process, or a source cut into slices) it stops after ``limit`` samples."""
+    out = []
+    n = 0
+    for piece in pieces:
+        ids, caps, shorts = [], [], []
+        if limit is None or n < limit:
+            for s in parts.texts(piece):
+                ids.append(str(s.id))
+                caps.append(_store_text(s.caption or ""))
+                shorts.append(_store_text(s.short_caption))
+                n += 1
+                if limit is not None and n >= limit:
+                    break
+        out.append((ids, caps, shorts))
+    problems = [(str(w), str(y)) for w, y in list(getattr(parts.source, "problems", None) or [])]
+    return {"pieces": out, "problems": problems}
+
+
+def _global_order(parts, shares: list[list], texts: list[dict]) -> list[tuple[int, int]]:
+    """``(rank, piece index)`` in the source's own order (shards 0..n-1; slices in rank order)."""
+    order = [(r, i) for r, pieces in enumerate(shares) for i in range(len(pieces))]
+    if parts.kind == "shards":
+        order.sort(key=lambda ri: shares[ri[0]][ri[1]][0])
+    return order
+
+
+def _prepare_store(store_url, parts, shares, texts, rewards, limit, chunk_rows, job_config):
+    """Rank 0: create/extend the rows (in the source's order), create/check the reward columns, record the job.
+
+    ``shares[r]``: the pieces of rank ``r``; ``texts[r]``: its ids pass (:func:`_read_texts`). Returns the store
+    and, per rank, the store row of each position of each of its pieces (-1: no row)."""
     from .store import DEFAULT_CHUNK_ROWS, RewardStore
 
     ids, caps, shorts = [], [], []
     rejected: list[tuple[str, str]] = []
     first: dict[str, int] = {}
+    picks: dict[tuple[int, int], np.ndarray] = {}  # (rank, piece) -> index into ids per position, -1 none
     n_seen = 0
-    for pos, s in enumerate(source):
-        if limit is not None and pos >= limit:
-            break
-        n_seen += 1
-        sid = str(s.id)
-        why = _id_problem(sid)
-        if why is None and sid in first:
-            why = f"duplicate id: sample {pos} of the data repeats the id of sample {first[sid]} (the first is kept)"
-        if why is not None:
-            rejected.append((sid, why))
-            continue
-        first[sid] = pos
-        ids.append(sid)
-        caps.append(_store_text(s.caption or ""))
-        shorts.append(_store_text(s.short_caption))
-    for where, why in list(getattr(source, "problems", None) or []):  # e.g. a truncated webdataset shard
-        rejected.append((str(where), str(why)))
+    for r, i in _global_order(parts, shares, texts):
+        p_ids, p_caps, p_shorts = texts[r]["pieces"][i]
+        sel = np.full(len(p_ids), -1, np.int64)
+        for j, sid in enumerate(p_ids):
+            if limit is not None and n_seen >= limit:
+                break
+            pos = n_seen
+            n_seen += 1
+            why = _id_problem(sid)
+            if why is None and sid in first:
+                why = f"duplicate id: sample {pos} of the data repeats the id of sample {first[sid]} (the first is kept)"
+            if why is not None:
+                rejected.append((sid, why))
+                continue
+            first[sid] = pos
+            sel[j] = len(ids)
+            ids.append(sid)
+            caps.append(p_caps[j])
+            shorts.append(p_shorts[j])
+        picks[(r, i)] = sel
+    for t in texts:  # e.g. a truncated webdataset shard
+        rejected.extend(tuple(p) for p in t["problems"])
     if not ids:
         if n_seen:
             raise MiroError(f"None of the {n_seen} samples of the data source has a usable id (first problem: "
@@ -344,7 +353,17 @@ def _prepare_store(store_url, source, rewards, limit, chunk_rows, job_config):
         store.ensure_reward(name, _reward_provenance(reward))
     store.record_rejected(str(job_config.get("data", "")), rejected)
     store.add_history({**job_config, "rejected": len(rejected), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    return store, store.index_of(ids)
+    del caps, shorts, first
+    row_of = store.index_of(ids)
+    del ids
+    out = []
+    for r, pieces in enumerate(shares):
+        rows = []
+        for i in range(len(pieces)):
+            sel = picks[(r, i)]
+            rows.append(np.where(sel >= 0, row_of[sel.clip(0)], -1).astype(np.int64) if sel.size else sel)
+        out.append(rows)
+    return store, out
 
 
 class _PromptPicker:
@@ -479,10 +498,14 @@ class _Scorer:
     (``text_fits``) and for failures."""
 
     def __init__(self, store, rewards: Mapping[str, Reward], buffers: dict[int, _ChunkBuffer], device,
-                 guard_samples: int = 8, expected: Mapping[str, int] | None = None, retry_failed: bool = False):
+                 guard_samples: int = 8, expected: Mapping[str, int] | None = None, retry_failed: bool = False,
+                 defer: set[int] | frozenset[int] = frozenset()):
         from .store import STATUS
 
         self.store = store
+        #: chunks shared with other ranks of a store without locks: written at the end, one rank after the other
+        self.defer = set(defer)
+        self.deferred: list[_ChunkBuffer] = []
         self.retry_failed = retry_failed
         self.chunk_lock = store.locks.chunk if getattr(store.locks, "enabled", False) else None
         # broken-reward guard: a reward must succeed once within its first `threshold` attempted samples
@@ -592,10 +615,16 @@ class _Scorer:
                 del self.buffers[b.start // self.c_rows]
                 self.held.append(b)
         if self.held and self._guard_passed():
-            for b in self.held:
-                b.flush(self.store, self.chunk_lock)
-            self.held.clear()
+            self._flush_held()
         return n
+
+    def _flush_held(self) -> None:
+        for b in self.held:
+            if b.start // self.c_rows in self.defer:
+                self.deferred.append(b)
+            else:
+                b.flush(self.store, self.chunk_lock)
+        self.held.clear()
 
     def _guard_passed(self) -> bool:
         return all(self.successes[r] > 0 or not self.expected.get(r, 0) for r in self.rewards)
@@ -614,12 +643,19 @@ class _Scorer:
     def flush_all(self) -> None:
         for name in self.rewards:
             self._check_guard(name, final=True)
-        for b in self.held:
-            b.flush(self.store, self.chunk_lock)
-        self.held.clear()
+        self._flush_held()
         for c in sorted(self.buffers):  # rows absent from this source stay as they are on disk
-            self.buffers[c].flush(self.store, self.chunk_lock)
+            if c in self.defer:
+                self.deferred.append(self.buffers[c])
+            else:
+                self.buffers[c].flush(self.store, self.chunk_lock)
         self.buffers.clear()
+
+    def flush_deferred(self) -> None:
+        """Write the chunks shared with other ranks (called by one rank at a time; see ``defer``)."""
+        for b in self.deferred:
+            b.flush(self.store, None)
+        self.deferred.clear()
 
 
 def score_dataset(
@@ -678,54 +714,79 @@ def score_dataset(
         "limit": limit,
         "retry_failed": bool(retry_failed),
     }
-    dist = _Dist(rank, world_size)
+    from .data.parts import source_parts
+    from .distributed import agree, all_reduce_sum, barrier, cleanup, gather_objects, init_distributed, scatter_objects
+
+    dist = init_distributed(torch.device(device).type, rank=rank, world_size=world_size)
     try:
-        ok, err = True, None
-        source_rows = None
+        # -- the ids pass: every rank reads the ids and captions of its own pieces, rank 0 makes the rows ------
+        parts = source_parts(source)
+        shares = [parts.rank_pieces(r, dist.world_size, limit if parts.kind == "slices" else None)
+                  for r in range(dist.world_size)]
+        pieces = shares[dist.rank]
+        own_err = None
+        try:
+            mine_texts = ("ok", _read_texts(parts, pieces, limit if (parts.kind != "shards" or not dist.enabled)
+                                            else None))
+        except Exception as exc:  # noqa: BLE001 - re-raised after telling the other ranks
+            own_err, mine_texts = exc, ("error", f"rank {dist.rank}: {exc}")
+        gathered = gather_objects(mine_texts, dist)
+        del mine_texts
+        rows_by_rank = None
         if dist.rank == 0:
-            try:
-                _, source_rows = _prepare_store(store_url, source, objs, limit, chunk_rows, job_config)
-            except Exception as exc:  # noqa: BLE001 - re-raised after telling the other ranks
-                ok, err = False, exc
-        if not dist.agree(ok):
-            if err is not None:
-                raise err
-            raise MiroError("Rank 0 failed to prepare the reward store; see its error message.")
+            bad = [m for kind, m in gathered if kind == "error"]
+            if bad:
+                rows_by_rank = [("error", bad[0])] * dist.world_size
+            else:
+                try:
+                    _, rows = _prepare_store(store_url, parts, shares, [t for _, t in gathered], objs, limit,
+                                             chunk_rows, job_config)
+                    rows_by_rank = [("ok", r) for r in rows]
+                except Exception as exc:  # noqa: BLE001 - re-raised after telling the other ranks
+                    own_err = own_err or exc
+                    rows_by_rank = [("error", f"rank 0 failed to prepare the reward store: {exc}")] * dist.world_size
+            del gathered
+        kind, piece_rows = scatter_objects(rows_by_rank, dist)
+        del rows_by_rank
+        if own_err is not None:
+            raise own_err
+        if kind == "error":
+            raise MiroError(f"{piece_rows}; see that rank's error. Rerun to resume.")
         store = RewardStore.open(store_url, "a")  # one handle for the whole job (arrays are re-read per access)
         n_chunks = store.num_chunks()
-        # rows this job scores per reward: pending (or failed, with retry_failed), in chunks this rank owns, and
-        # (single process: rank 0 knows them) delivered by this source: a job on other shards keeps its rows
+        # rows this job scores per reward: pending (or failed, with retry_failed) among the rows of this rank's
+        # pieces (rows of other data in the store, or of another job's shards, are left alone)
         todo_codes = [STATUS["pending"], STATUS["failed"]] if retry_failed else [STATUS["pending"]]
         mine = np.zeros(store.num_rows, bool)
-        for c in range(dist.rank, n_chunks, dist.world_size):
-            s, e = store.chunk_bounds(c)
-            mine[s:e] = True
-        if source_rows is not None and dist.world_size == 1:
-            in_source = np.zeros(store.num_rows, bool)
-            in_source[source_rows] = True
-            mine &= in_source
+        for r in piece_rows:
+            mine[r[r >= 0]] = True
         todo = {r: np.isin(store.status(r), todo_codes) & mine for r in objs}
         buffers: dict[int, _ChunkBuffer] = {}
         wanted = np.logical_or.reduce(list(todo.values())) if todo else np.zeros(store.num_rows, bool)
-        for c in range(dist.rank, n_chunks, dist.world_size):
+        defer: set[int] = set()
+        locked = bool(getattr(store.locks, "enabled", False))
+        for c in range(n_chunks):
             s, e = store.chunk_bounds(c)
             if wanted[s:e].any():
                 buffers[c] = _ChunkBuffer(s, e, list(objs), {r: todo[r][s:e] for r in objs})
+                if dist.enabled and not locked and not mine[s:e].all():
+                    defer.add(c)  # another rank may write rows of this chunk: no lock to serialise us
         n_wanted = int(wanted.sum())
-        log.info("rank %d: %d rows to score in %d chunks, %d decode workers", dist.rank, n_wanted, len(buffers), workers)
+        log.info("rank %d: %d rows to score in %d chunks from %d pieces, %d decode workers", dist.rank, n_wanted,
+                 len(buffers), len(pieces), workers)
 
         from ._store_locks import claim_all
 
         expected = {r: int(t.sum()) for r, t in todo.items()}
         scorer = _Scorer(store, objs, buffers, device, guard_samples=guard_samples, expected=expected,
-                         retry_failed=retry_failed)
+                         retry_failed=retry_failed, defer=defer)
         processed = 0
         ok, err = True, None
         try:
             claim_all(store.locks, [(r, np.flatnonzero(t)) for r, t in todo.items() if t.any()], store_url)
             if n_wanted:
-                dataset = DecodedBatches(source, store.id_index(), wanted, batch_size, limit,
-                                         keep_uint8=any(scorer.uint8.values()), num_rows=store.num_rows)
+                dataset = DecodedBatches(parts, pieces, piece_rows, wanted, batch_size,
+                                         keep_uint8=any(scorer.uint8.values()))
                 loader = torch.utils.data.DataLoader(
                     dataset, batch_size=None, num_workers=workers, collate_fn=_identity,
                     prefetch_factor=4 if workers > 0 else None, persistent_workers=False,
@@ -767,16 +828,21 @@ def score_dataset(
             ok, err = False, exc
         finally:
             store.locks.release_claims()
-        all_ok = dist.agree(ok)
+        all_ok = agree(ok, dist)
         if err is not None:
             raise err
         if not all_ok:
             raise MiroError("Another rank of this scoring job failed; see its error. Rerun to resume.")
-        processed_total = dist.sum(processed)
-        if dist.rank == 0 and all_ok:
+        if dist.enabled and not locked:  # chunks shared between ranks, one rank after the other
+            for r in range(dist.world_size):
+                if r == dist.rank:
+                    scorer.flush_deferred()
+                barrier(dist)
+        processed_total = all_reduce_sum(processed, dist)
+        if dist.rank == 0:
             for name in objs:
                 store.finalize_reward(name)
-        dist.agree(True)
+        agree(True, dist)
         return {
             "store": store_url,
             "rank": dist.rank,
@@ -785,9 +851,10 @@ def score_dataset(
             "rows_processed": processed_total,
             "rows_processed_this_rank": processed,
             "workers": workers,
+            "pieces_this_rank": len(pieces),
             "this_run": scorer.stats,
             "rewards": {r: store.reward_counts(r) for r in objs},
             "seconds": time.perf_counter() - t0,
         }
     finally:
-        dist.close()
+        cleanup(dist)

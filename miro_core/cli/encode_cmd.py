@@ -6,8 +6,6 @@ from __future__ import annotations
 
 __all__ = ["EncodeCommand"]
 
-import os
-
 from .. import hookimpl
 from ..interfaces import Command
 
@@ -45,9 +43,11 @@ class EncodeCommand(Command):
         cfg = config_from_args(ns)
         device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                               ("cpu" if args.device == "auto" else args.device))
-        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+        from ..distributed import env_rank
+
+        rank, world, local_rank = env_rank()  # no process group: the ranks never wait on each other
         if device.type == "cuda" and world > 1:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+            device = torch.device("cuda", local_rank)
         te = registry("text_encoders").create(cfg.model.text_encoder.name, cfg.model.text_encoder.options)
         ae = registry("autoencoders").create(cfg.model.autoencoder.name, cfg.model.autoencoder.options)
         te.setup(device)

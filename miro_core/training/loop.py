@@ -44,7 +44,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .data import TrainingData, prepare_data
-from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
+from ..distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from .ema import EMA
 
 log = logging.getLogger(__name__)

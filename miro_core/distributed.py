@@ -1,0 +1,168 @@
+"""The one set of process-group helpers of miro (scoring, encoding and training use them).
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) :func:`init_distributed` joins the process group described by the
+environment: NCCL when the job runs on CUDA, gloo on CPU. A single process gets a :class:`DistInfo` with
+``world_size == 1`` and every helper is a no-op.
+
+Timeouts: a collective waits for the slowest rank, and in miro the slowest rank may be busy for hours (rank 0
+writing the rows of 16M samples into a store, a rank scoring or encoding its share). The process group is
+therefore created with a long timeout, ``MIRO_DIST_TIMEOUT`` seconds (default 7 days), instead of torch's 30
+minutes; a crashed rank is still seen at once by torchrun, which stops the others. Long waits with no collective
+at all (ranks encoding shards) poll for files instead (see :mod:`miro_core.training.encoded`).
+"""
+
+from __future__ import annotations
+
+__all__ = ["DistInfo", "init_distributed", "barrier", "all_reduce_mean", "all_reduce_sum", "agree",
+           "broadcast_object", "gather_objects", "scatter_objects", "cleanup", "dist_timeout", "env_rank", "DEFAULT_TIMEOUT_S"]
+
+import datetime
+import logging
+import os
+from typing import Any
+
+import attrs
+import torch
+import torch.distributed as dist
+
+from ._errors import MiroError
+
+log = logging.getLogger(__name__)
+
+#: the process-group timeout unless ``MIRO_DIST_TIMEOUT`` says otherwise: longer than any phase of a job
+DEFAULT_TIMEOUT_S = 7 * 24 * 3600
+
+
+def dist_timeout() -> datetime.timedelta:
+    raw = os.environ.get("MIRO_DIST_TIMEOUT", "")
+    try:
+        seconds = float(raw) if raw.strip() else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise MiroError(f"MIRO_DIST_TIMEOUT={raw!r} is not a number of seconds; unset it or pass e.g. 86400.") from None
+    if seconds <= 0:
+        raise MiroError(f"MIRO_DIST_TIMEOUT must be > 0 seconds (got {raw!r}).")
+    return datetime.timedelta(seconds=seconds)
+
+
+@attrs.frozen
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    initialized_here: bool = False
+    backend: str = ""
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def device(self) -> torch.device:
+        """Where collective tensors live: the rank's GPU with NCCL, the CPU otherwise."""
+        return torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
+
+
+def env_rank() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from torchrun's environment, without joining a process group (for jobs
+    whose ranks never wait on each other, e.g. ``miro encode``)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world < 1 or not 0 <= rank < world:
+        raise MiroError(f"RANK={rank} is outside WORLD_SIZE={world}; launch with torchrun.")
+    return rank, world, int(os.environ.get("LOCAL_RANK", rank))
+
+
+def init_distributed(device_type: str = "cpu", *, rank: int | None = None, world_size: int | None = None) -> DistInfo:
+    """Join the process group described by torchrun's environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``...).
+
+    ``rank`` / ``world_size`` override the environment (they must agree with an already initialised group).
+    NCCL when ``device_type`` is ``"cuda"``, gloo otherwise; the timeout is :func:`dist_timeout`."""
+    world = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else int(world_size)
+    rk = int(os.environ.get("RANK", "0")) if rank is None else int(rank)
+    if world < 1 or not 0 <= rk < world:
+        raise MiroError(f"rank {rk} is outside world_size {world}.")
+    if world == 1:
+        return DistInfo()
+    local = int(os.environ.get("LOCAL_RANK", rk))
+    if dist.is_initialized():
+        if dist.get_world_size() != world or dist.get_rank() != rk:
+            raise MiroError(f"rank {rk} of {world} was asked for, but the process group in place is rank "
+                            f"{dist.get_rank()} of {dist.get_world_size()}.")
+        return DistInfo(rank=rk, world_size=world, local_rank=local, backend=str(dist.get_backend()))
+    if "MASTER_ADDR" not in os.environ:
+        raise MiroError(f"world_size={world} needs torch.distributed: launch with `torchrun --nproc_per_node K miro "
+                        "...` (or initialise a process group before calling).")
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if device_type == "cuda":
+        torch.cuda.set_device(local)
+    dist.init_process_group(backend=backend, rank=rk, world_size=world, timeout=dist_timeout())
+    log.info("joined process group: rank %d of %d (%s, timeout %s)", rk, world, backend, dist_timeout())
+    return DistInfo(rank=rk, world_size=world, local_rank=local, initialized_here=True, backend=backend)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if not info.enabled:
+        return value
+    out = value.detach().clone().to(info.device)
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return (out / info.world_size).to(value.device)
+
+
+def all_reduce_sum(value: int, info: DistInfo) -> int:
+    """The sum of an integer over the ranks."""
+    if not info.enabled:
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64, device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return int(t.item())
+
+
+def agree(ok: bool, info: DistInfo) -> bool:
+    """A barrier that also tells every rank whether every rank got there without an error."""
+    if not info.enabled:
+        return bool(ok)
+    return all_reduce_sum(0 if ok else 1, info) == 0
+
+
+def broadcast_object(obj: Any, info: DistInfo, src: int = 0) -> Any:
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src, device=info.device if info.backend == "nccl" else None)
+    return box[0]
+
+
+def gather_objects(obj: Any, info: DistInfo, dst: int = 0) -> list[Any] | None:
+    """Every rank's ``obj`` on rank ``dst`` (in rank order); None on the other ranks."""
+    if not info.enabled:
+        return [obj]
+    if info.backend == "nccl":  # gather_object is not supported by NCCL: every rank gets the list
+        out: list[Any] = [None] * info.world_size
+        dist.all_gather_object(out, obj)
+        return out if info.rank == dst else None
+    out = [None] * info.world_size if info.rank == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out
+
+
+def scatter_objects(objs: list[Any] | None, info: DistInfo, src: int = 0) -> Any:
+    """Rank ``r`` gets ``objs[r]`` of rank ``src`` (``objs`` is only read on ``src``)."""
+    if not info.enabled:
+        return objs[0] if objs else None
+    box: list[Any] = [None]
+    dist.scatter_object_list(box, objs if info.rank == src else None, src=src)
+    return box[0]
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.initialized_here and dist.is_initialized():
+        dist.destroy_process_group()
