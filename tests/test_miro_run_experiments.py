@@ -120,3 +120,63 @@ def test_report_has_every_section_and_plot(run_dir):
                  "test_time_scaling.png", "tradeoff.png", "guidance_sweep.png"):
         assert (run_dir / "plots" / plot).exists(), plot
         assert f"plots/{plot}" in text
+
+
+def _strip_plots(value):
+    """An experiment's result without its plot paths (they name the out folder)."""
+    if isinstance(value, dict):
+        return {k: _strip_plots(v) for k, v in value.items() if k != "plot"}
+    if isinstance(value, list):
+        return [_strip_plots(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("suite, key, others", [
+    ("comparison", "comparison", ["baseline"]),
+    ("leave_one_out", "leave_one_out", ["without_world_sharpness", "without_world_vividness"]),
+    ("controllability_sweep", "controllability", []),
+    ("tradeoff", "tradeoff", []),
+    ("test_time_scaling", "test_time_scaling", ["baseline"]),
+    ("guidance_sweep", "guidance_sweep", ["baseline"]),
+])
+def test_each_experiment_alone_through_miro_eval_gives_miro_runs_numbers(run_dir, tmp_path, suite, key, others):
+    """`miro eval --suite <experiment> --checkpoint OUT/models/miro --set run_dir=OUT [--set models.X=...]`:
+    the experiment's result is the one in miro-run's metrics.json, number for number."""
+    from miro_core._plugins import reset_plugins
+    from miro_core.cli import main as miro
+
+    reset_plugins(None)
+    m = json.loads((run_dir / "metrics.json").read_text())
+    argv = ["eval", "--suite", suite, "--checkpoint", str(run_dir / "models" / "miro"), "--set", f"run_dir='{run_dir}'",
+            "--out", str(tmp_path / suite), "--no-progress", "--device", "cpu"]
+    for name in others:
+        argv += ["--set", f"models.{name}='{run_dir / 'models' / name}'"]
+    assert miro(argv) == 0
+    got = json.loads((tmp_path / suite / "metrics.json").read_text())
+    assert _strip_plots(got[key]) == _strip_plots(m[key])
+    if "models" in got:  # the main evaluation of each model it compares, as miro-run's
+        assert got["models"] == {k: m["models"][k] for k in got["models"]}
+    assert got["metrics"] and (tmp_path / suite / "report.md").exists()
+
+
+def test_experiment_suite_names_the_model_it_misses(run_dir, tmp_path, capsys):
+    from miro_core._plugins import reset_plugins
+    from miro_core.cli import main as miro
+
+    reset_plugins(None)
+    rc = miro(["eval", "--suite", "leave_one_out", "--checkpoint", str(run_dir / "models" / "miro"), "--set",
+               f"run_dir='{run_dir}'", "--out", str(tmp_path / "o"), "--no-progress"])
+    assert rc == 2 and "--set models.without_<reward>=DIR" in capsys.readouterr().err
+
+
+def test_sample_efficiency_of_the_baseline(run_dir):
+    """samples_to_match on the reported curves: baseline samples needed to reach MIRO's best-of-1."""
+    from miro_eval.suites.best_of_n import samples_to_match
+
+    t = json.loads((run_dir / "metrics.json").read_text())["test_time_scaling"]
+    se = t["sample_efficiency"]
+    assert set(se) == {"world_sharpness", "world_vividness", "overall"}
+    for k, v in se.items():
+        assert v["reference_best_of_1"] == t["results"]["miro"]["1"][k]
+        curve = [t["results"]["baseline"][str(n)][k] for n in t["ns"]]
+        assert v["samples_to_match"] == samples_to_match(t["ns"], curve, v["reference_best_of_1"])
