@@ -348,3 +348,48 @@ def test_pip_installed_reward_scores_the_world(tmp_path):
     assert len(ids) == 8 and np.isfinite(got).all()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     assert np.std(got) > 0  # the world's degraded samples really differ in contrast
+
+
+@pytest.mark.slow
+def test_every_kind_installs_into_a_fresh_venv_and_passes_its_tests(tmp_path):
+    """Each scaffold kind, pip-installed into a new virtual environment (which reuses this environment's packages
+    through a .pth file: no download, no new torch), is listed by `miro plugins`, passes its own generated tests,
+    and the reward works in `miro score`."""
+    import site as site_mod
+    import sysconfig
+
+    venv = tmp_path / "venv"
+    # no pip or setuptools of its own: those of the base environment come through the .pth file below
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
+    vpy = venv / "bin" / "python"
+    vsite = Path(subprocess.run([str(vpy), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                capture_output=True, text=True, check=True).stdout.strip())
+    base = sysconfig.get_paths()["purelib"]
+    assert Path(base) != vsite and base in site_mod.getsitepackages() + [base]
+    (vsite / "_miro_base_env.pth").write_text(f"import site; site.addsitedir({base!r})\n")
+    pkgs = {kind: render_plugin(f"fresh_{kind}", kind, tmp_path / f"pkg-{kind}") for kind in KINDS}
+    env = {k: v for k, v in os.environ.items() if k not in ("MIRO_LOAD_PLUGINS", "PYTHONPATH", "VIRTUAL_ENV")}
+    subprocess.run([str(vpy), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+                    *[str(p) for p in pkgs.values()]], check=True, timeout=600, env=env)
+    # installed into the fresh venv, not the base environment
+    assert list(vsite.glob("miro_fresh_reward*")) and not list(Path(base).glob("miro_fresh_reward*"))
+
+    listed = subprocess.run([str(vpy), "-m", "miro_core.cli", "plugins", "--json"], env=env, capture_output=True,
+                            text=True, check=True, timeout=300)
+    data = json.loads(listed.stdout)
+    assert data["broken"] == []
+    for kind, (reg_kind, *_rest) in KINDS.items():
+        item = {i["name"]: i for i in data[reg_kind]}[f"fresh_{kind}"]
+        assert item["distribution"] == f"miro-fresh-{kind.replace('_', '-')}", item
+
+    for kind, pkg in pkgs.items():
+        tests = subprocess.run([str(vpy), "-m", "pytest", "-q", "-p", "no:cacheprovider", str(pkg / "tests")],
+                               env=env, cwd=pkg, capture_output=True, text=True, timeout=600)
+        assert tests.returncode == 0, (kind, tests.stdout + tests.stderr)
+        last = tests.stdout.strip().splitlines()[-1]
+        assert "passed" in last and "failed" not in last and "error" not in last, (kind, tests.stdout)
+
+    scored = subprocess.run([str(vpy), "-m", "miro_core.cli", "score", "--data", "world:num_samples=8",
+                             "--rewards", "fresh_reward", "--store", str(tmp_path / "s.zarr")], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert scored.returncode == 0, scored.stdout + scored.stderr
