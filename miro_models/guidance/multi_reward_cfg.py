@@ -42,16 +42,23 @@ class MultiRewardCFG(Guidance):
         """Hook for variants that change the negative branch once per sampling run (text dropping)."""
         return negative
 
-    def __call__(self, model_fn: Any, x_t: torch.Tensor, t: torch.Tensor, positive: Cond, negative: Cond) -> torch.Tensor:
+    def branches(self, model_fn: Any, x_t: torch.Tensor, t: torch.Tensor, positive: Cond,
+                 negative: Cond) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(v_pos, v_neg)`` from ONE batched forward of size 2B; ``v_neg`` is None outside the interval."""
         active = self.active(t)
         if not active and not getattr(model_fn, "stateful", False):
-            return model_fn(x_t, t, positive)
+            return model_fn(x_t, t, positive), None
         n = x_t.shape[0]
         v = model_fn(torch.cat([x_t, x_t]), torch.cat([t, t]), Cond.cat(positive, negative))
-        v_pos, v_neg = v[:n], v[n:]
-        if not active:
-            return v_pos
+        return v[:n], (v[n:] if active else None)
+
+    def combine(self, v_pos: torch.Tensor, v_neg: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The guided velocity from the two branches (variants override this, not the forward)."""
         return v_pos + self.config.scale * (v_pos - v_neg)
+
+    def __call__(self, model_fn: Any, x_t: torch.Tensor, t: torch.Tensor, positive: Cond, negative: Cond) -> torch.Tensor:
+        v_pos, v_neg = self.branches(model_fn, x_t, t, positive, negative)
+        return v_pos if v_neg is None else self.combine(v_pos, v_neg, t)
 
 
 @hookimpl

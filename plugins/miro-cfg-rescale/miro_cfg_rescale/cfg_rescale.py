@@ -10,22 +10,21 @@ plain guided one, removes that while keeping the guidance direction. Here on MIR
     v_rs  = v_cfg * std(v(s+)) / std(v_cfg)            std over all non-batch dimensions
     v     = phi * v_rs + (1 - phi) * v_cfg
 
-``phi = 0`` is plain multi-reward CFG (``multi_reward_cfg``); Lin et al. use ``phi = 0.7``. Both branches run as ONE
-batched forward of size 2B. ``interval = (a, b)`` applies guidance only for ``a <= t <= b`` (as ``miro sample
---guidance-interval``): outside it the positive prediction alone is used.
+``phi = 0`` is plain multi-reward CFG (``multi_reward_cfg``); Lin et al. use ``phi = 0.7``. It subclasses MIRO's
+``MultiRewardCFG`` and overrides only ``combine``: the two branches, the one batched 2B forward and ``interval =
+(a, b)`` (guidance only for ``a <= t <= b``, as ``miro sample --guidance-interval``; outside it the positive
+prediction alone) are MIRO's own.
 """
 
 from __future__ import annotations
 
 __all__ = ["CfgRescaleGuidance"]
 
-from typing import Any
-
 import attrs
 import torch
 
 import miro_core
-from miro_core.sampling import Cond
+from miro_models.guidance.multi_reward_cfg import MultiRewardCFG
 
 
 def _interval(value):
@@ -37,7 +36,7 @@ def _interval(value):
     return (a, b)
 
 
-class CfgRescaleGuidance(miro_core.Guidance):
+class CfgRescaleGuidance(MultiRewardCFG):
     """Multi-reward CFG rescaled to the std of the positive prediction (Lin et al. 2024), blended by phi."""
 
     name = "cfg_rescale"
@@ -53,26 +52,11 @@ class CfgRescaleGuidance(miro_core.Guidance):
         #: floor on std(v_cfg), so an all-zero guided prediction does not divide by zero
         eps: float = attrs.field(default=1e-8, validator=attrs.validators.gt(0.0))
 
-    def active(self, t: torch.Tensor) -> bool:
-        if self.config.interval is None:
-            return True
-        a, b = self.config.interval
-        tv = float(t.reshape(-1)[0])
-        return a <= tv <= b
-
-    def __call__(self, model_fn: Any, x_t: torch.Tensor, t: torch.Tensor, positive: Cond, negative: Cond) -> torch.Tensor:
-        active = self.active(t)
-        if not active and not getattr(model_fn, "stateful", False):
-            return model_fn(x_t, t, positive)
-        n = x_t.shape[0]
-        v = model_fn(torch.cat([x_t, x_t]), torch.cat([t, t]), Cond.cat(positive, negative))
-        v_pos, v_neg = v[:n], v[n:]
-        if not active:
-            return v_pos
-        v_cfg = v_pos + self.config.scale * (v_pos - v_neg)
+    def combine(self, v_pos: torch.Tensor, v_neg: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        v_cfg = super().combine(v_pos, v_neg, t)
         if self.config.phi == 0.0:
             return v_cfg
-        dims = tuple(range(1, v.ndim))
+        dims = tuple(range(1, v_pos.ndim))
         std_pos = v_pos.float().std(dim=dims, keepdim=True, unbiased=False)
         std_cfg = v_cfg.float().std(dim=dims, keepdim=True, unbiased=False).clamp_min(self.config.eps)
         v_rs = v_cfg * (std_pos / std_cfg).to(v_cfg.dtype)
