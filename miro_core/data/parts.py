@@ -174,13 +174,15 @@ def _shard_texts(src: Any, url: str) -> Iterator[Sample]:
     from .sources import _KEY_RE, _WDS_IMAGE_KEYS
 
     try:
-        fileobj = open(url, "rb")
-    except OSError as exc:
+        fileobj = src._open(url)
+    except (OSError, ValueError) as exc:
         from .._errors import MiroError
 
         raise MiroError(f"Cannot open webdataset shard {url}: {exc}. Check the --data URL and brace range "
                         "(a missing shard stops the job: restore it, or leave it out of the range).") from exc
-    size = os.fstat(fileobj.fileno()).st_size
+    fileobj.seek(0, os.SEEK_END)
+    size = fileobj.tell()
+    fileobj.seek(0)
     n_samples = 0
     key, parts = None, {}
     try:
