@@ -134,13 +134,22 @@ def relative_position(a: Detection, b: Detection, margin: float = 0.1) -> set[st
 ColorFn = Callable[[Sequence[Detection], str], Sequence[str]]
 
 
-def judge(objects: Mapping[str, Sequence[Detection]], metadata: Mapping[str, Any], classify_colors: ColorFn,
-          rules: GenEvalRules = GenEvalRules()) -> tuple[bool, str]:
+RelationFn = Callable[[Any, Any], set[str]]
+
+
+def judge(objects: Mapping[str, Sequence[Any]], metadata: Mapping[str, Any], classify_colors: ColorFn,
+          rules: GenEvalRules = GenEvalRules(), relation: RelationFn | None = None) -> tuple[bool, str]:
     """GenEval's verdict for one image: ``(correct, reason)``.
 
-    ``objects``: :func:`select_objects`' output; ``classify_colors(objects, classname)`` returns one colour name
-    per object (the CLIP classifier, or a stub in tests). ``include`` clauses combine with AND, ``exclude`` with OR.
+    ``objects``: :func:`select_objects`' output (class -> objects, most confident first);
+    ``classify_colors(objects, classname)`` returns one colour name per object (the CLIP classifier, or a stub in
+    tests). ``relation(a, b)`` is where ``a`` stands relative to ``b`` (default :func:`relative_position` with
+    ``rules.position_threshold`` on :class:`Detection` boxes; the world evaluator passes its own, on normalised
+    boxes). ``include`` clauses combine with AND, ``exclude`` with OR.
     """
+    if relation is None:
+        def relation(a: Detection, b: Detection) -> set[str]:
+            return relative_position(a, b, rules.position_threshold)
     correct = True
     reasons: list[str] = []
     matched_groups: list[Sequence[Detection] | None] = []
@@ -168,7 +177,7 @@ def judge(objects: Mapping[str, Sequence[Detection]], metadata: Mapping[str, Any
                 else:
                     for obj in found:
                         for tgt in targets:
-                            true_rels = relative_position(obj, tgt, rules.position_threshold)
+                            true_rels = relation(obj, tgt)
                             if rel not in true_rels:
                                 correct = matched = False
                                 reasons.append(f"expected {cls} {rel} target, found {' and '.join(sorted(true_rels))} target")

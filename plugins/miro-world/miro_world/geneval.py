@@ -6,8 +6,9 @@ GenEval's rules (``judge``): every ``include`` entry needs at least ``count`` ob
 largest ``count`` detections, GenEval's most confident ones, must all have the requested colour), every
 ``exclude`` entry fewer than ``count`` (so counting is exact), and a ``position`` entry needs every
 matched object to stand in the relation to every object of the target group, decided by GenEval's
-``relative_position`` on the detected boxes. Category accuracy = fraction of correct images;
-``overall`` = mean of the category accuracies (as GenEval).
+``relative_position`` on the detected boxes; the judging loop is the shared one of
+:func:`miro_eval.geneval.rules.judge`. Category accuracy = fraction of correct images; ``overall`` = mean of the
+category accuracies (as GenEval).
 """
 
 from __future__ import annotations
@@ -47,50 +48,20 @@ def load_prompts(path: str | Path | None = None) -> list[dict[str, Any]]:
 
 
 def judge(detections: Sequence[Detection], metadata: dict[str, Any]) -> tuple[bool, str]:
-    """GenEval's correctness rule for one image: ``(correct, reason)``."""
+    """GenEval's correctness rule for one image: ``(correct, reason)``.
+
+    The shared GenEval rules (:func:`miro_eval.geneval.rules.judge`) on the world detector's objects: every shape
+    is a class, its objects ordered largest first (the world's "most confident"; no threshold: the detector is
+    exact), colour = the detector's colour name, relative position = :func:`miro_world.scene.relative_position`
+    on the normalised boxes."""
+    from miro_eval.geneval import rules
+
     objects: dict[str, list[Detection]] = {}
     for d in sorted(detections, key=lambda d: -d.area):
         if d.shape is not None:
             objects.setdefault(d.shape, []).append(d)
-    correct = True
-    reasons: list[str] = []
-    matched_groups: list[list[Detection] | None] = []
-    for req in metadata.get("include", []):
-        cls, count = req["class"], int(req["count"])
-        found = objects.get(cls, [])[:count]
-        matched = True
-        if len(found) < count:
-            correct = matched = False
-            reasons.append(f"expected {cls}>={count}, found {len(found)}")
-        else:
-            if "color" in req:
-                colors = [d.color for d in found]
-                if colors.count(req["color"]) < count:
-                    correct = matched = False
-                    reasons.append(f"expected {req['color']} {cls}>={count}, found {colors}")
-            if "position" in req and matched:
-                rel, target = req["position"]
-                targets = matched_groups[target] if target < len(matched_groups) else None
-                if targets is None:
-                    correct = matched = False
-                    reasons.append(f"no target for {cls} to be {rel}")
-                else:
-                    for obj in found:
-                        for tgt in targets:
-                            true_rels = relative_position(obj.box, tgt.box)
-                            if rel not in true_rels:
-                                correct = matched = False
-                                reasons.append(f"expected {cls} {rel} target, found {sorted(true_rels) or 'none'}")
-                                break
-                        if not matched:
-                            break
-        matched_groups.append(found if matched else None)
-    for req in metadata.get("exclude", []):
-        cls, count = req["class"], int(req["count"])
-        if len(objects.get(cls, [])) >= count:
-            correct = False
-            reasons.append(f"expected {cls}<{count}, found {len(objects[cls])}")
-    return correct, "; ".join(reasons)
+    return rules.judge(objects, metadata, lambda found, cls: [d.color for d in found],
+                       relation=lambda a, b: relative_position(a.box, b.box))
 
 
 def scene_for_metadata(metadata: dict[str, Any], rng: np.random.Generator, max_tries: int = 200) -> Scene:
