@@ -196,6 +196,17 @@ def test_partiprompts_parsing_quotes_and_whitespace(tmp_path):
     assert read_partiprompts("memory://parti/PartiPrompts.tsv") == recs
 
 
+def test_partiprompts_header_whitespace_and_crlf(tmp_path):
+    """A header cell with surrounding spaces and Windows line endings still names the columns; no field keeps a
+    stray space or carriage return."""
+    from miro_eval.suites.partiprompts import read_partiprompts
+
+    path = tmp_path / "parti_crlf.tsv"
+    path.write_bytes(" Prompt \tCategory \tChallenge\tNote\r\n\"Quoted\" start \tArt\t Basic\t\r\n".encode())
+    recs = read_partiprompts(str(path))
+    assert recs == [{"prompt": '"Quoted" start', "category": "Art", "challenge": "Basic", "note": ""}]
+
+
 def test_partiprompts_suite_per_category_and_challenge(host, tmp_path, pipe):
     from miro_eval.suites.partiprompts import PartiPromptsSuite
 
