@@ -15,4 +15,5 @@ miro_plugins = [
     "miro_core.cli.encode_cmd",
     "miro_core.cli.eval_cmd",
     "miro_core.cli.new_plugin_cmd",
+    "miro_core.cli.demo_cmd",
 ]
