@@ -16,9 +16,13 @@ import numpy as np
 
 from miro_core import DataSource, Sample, config, hookimpl
 
-from .captions import make_caption, phrase, spec_from_scene
+from .captions import make_caption, phrase, short_phrase, spec_from_scene
 from .degrade import apply_degradations, sample_degradations
 from .scene import render, sample_scene, scene_rng
+
+
+#: random stream of the synthetic-caption draw (streams 0.. are the scene's own)
+_SYNTH_STREAM = 31
 
 
 def make_sample(seed: int, index: int, cfg: Any) -> Sample:
@@ -31,6 +35,15 @@ def make_sample(seed: int, index: int, cfg: Any) -> Sample:
         "blur": cfg.p_blur, "noise": cfg.p_noise, "low_contrast": cfg.p_low_contrast,
         "clutter": cfg.p_clutter, "jpeg": cfg.p_jpeg,
     })
+    synthetic = False
+    if cfg.p_synthetic_caption > 0:
+        # paper section 3.3: a recaptioner that describes the whole scene correctly; its own random stream, so
+        # the scene, the web-like caption and the degradations of every sample are those of the default world
+        srng = scene_rng(seed, index, _SYNTH_STREAM)
+        if srng.random() < cfg.p_synthetic_caption:
+            synthetic = True
+            spec = spec_from_scene(scene)
+            caption, short, corruption = phrase(spec, srng), short_phrase(spec), None
     img = render(scene, cfg.image_size, chw=True).transpose(1, 2, 0)
     if degradations:
         img = apply_degradations(img, degradations)
@@ -41,6 +54,8 @@ def make_sample(seed: int, index: int, cfg: Any) -> Sample:
         "caption_corruption": corruption,
         "true_caption": phrase(spec_from_scene(scene), None),
     }
+    if cfg.p_synthetic_caption > 0:
+        meta["synthetic_caption"] = synthetic
     return Sample(id=f"world-{seed}-{index}", caption=caption, image=image, short_caption=short, meta=meta)
 
 
@@ -67,6 +82,9 @@ class WorldSource(DataSource):
         p_backdrop: float = 0.1
         p_partial_caption: float = 0.15
         p_wrong_caption: float = 0.15
+        #: chance that a sample's caption is a synthetic (re-captioned) one: a true, complete description of the
+        #: scene in a random template (paper section 3.3, 50% real + 50% synthetic); 0 = the web-like captions only
+        p_synthetic_caption: float = 0.0
 
     def __len__(self) -> int:
         return int(self.config.num_samples)
