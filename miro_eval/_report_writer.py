@@ -84,7 +84,6 @@ def write_report(run: Any, models: dict[str, tuple[str, ...]]) -> dict[str, Any]
     metrics["checkpoints"] = {m: run.checkpoint(m) for m in models}
     metrics["timings"] = dict(run.timings)
     metrics["headline"] = _headline(run)
-    mm = main_metrics(run)
 
     rep = Report(f"MIRO run ({cfg.preset})", out)
     rep.text(

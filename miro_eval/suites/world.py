@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from miro_core import ConfigError, Suite, config, hookimpl, structure, unstructure
+from miro_core import ConfigError, Suite, config, hookimpl, unstructure
 
 from ._generation import CachedGenerate
 from ._base import suite_source
