@@ -242,23 +242,88 @@ class Batcher(_Draws):
 class StreamBatcher(_Draws):
     """The streaming counterpart of :class:`Batcher`: this rank's samples come from its own stream of an encoded
     dataset (:class:`~miro_core.training.encoded.StreamingData`: step ``s`` takes samples ``[s * b_r, (s+1) * b_r)``
-    with ``b_r`` the per-rank batch), the random draws are the same global-batch draws as in-memory training."""
+    with ``b_r`` the per-rank batch), the random draws are the same global-batch draws as in-memory training.
+
+    With ``prefetch`` > 0 a background thread reads, joins and pads the samples of the next ``prefetch`` steps
+    while the current step trains (shard reads and safetensors decoding release the GIL); the samples of a step
+    do not depend on the thread (they are a pure function of the step), so a run with prefetch equals one
+    without. A call for another step than the one expected (a resume, a test) restarts the thread there."""
 
     def __init__(self, stream: Any, cfg: TrainConfig, dist: DistInfo, device: torch.device,
-                 uniforms: tuple[str, ...] = ()):
+                 uniforms: tuple[str, ...] = (), prefetch: int = 2):
         self.stream, self.cfg, self.dist, self.device = stream, cfg, dist, device
         self.uniforms = tuple(uniforms)
         self.drop = _dropout_probs(cfg, stream.rewards)
         self.per_rank = cfg.batch_size // dist.world_size
         self.micro = self.per_rank // cfg.grad_accum
+        self.prefetch = max(0, int(prefetch))
+        self._thread = None
+        self._queue = None
+        self._stop = None
+        self._expect: int | None = None
+
+    def fetch(self, step: int) -> dict[str, Any]:
+        """This rank's samples of ``step``, joined and padded (what the prefetch thread computes)."""
+        st = self.stream
+        got = st.take(step * self.per_rank, self.per_rank)
+        length = max(got["tokens"].shape[1], st.empty_tokens.shape[1])
+        got["tokens"], got["mask"] = _pad_tokens(got["tokens"], got["mask"], length)
+        got["empty_tokens"], got["empty_mask"] = _pad_tokens(st.empty_tokens, st.empty_mask, length)
+        return got
+
+    def _run(self, start: int, q, stop) -> None:
+        import queue
+
+        step = start
+        while not stop.is_set():
+            try:
+                item = (step, self.fetch(step), None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the training thread
+                item = (step, None, exc)
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if item[2] is not None:
+                return
+            step += 1
+
+    def _get(self, step: int) -> dict[str, Any]:
+        if self.prefetch == 0:
+            return self.fetch(step)
+        if self._thread is None or self._expect != step:
+            import queue
+            import threading
+
+            self.close()
+            self._queue, self._stop = queue.Queue(maxsize=self.prefetch), threading.Event()
+            self._thread = threading.Thread(target=self._run, args=(step, self._queue, self._stop),
+                                            name="miro-stream-prefetch", daemon=True)
+            self._thread.start()
+        got_step, got, exc = self._queue.get()
+        if exc is not None:
+            self.close()
+            raise exc
+        assert got_step == step, (got_step, step)
+        self._expect = step + 1
+        return got
+
+    def close(self) -> None:
+        """Stop the prefetch thread (the loop calls it at the end; also safe to call twice)."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+            self._expect = None
 
     def __call__(self, step: int, generator: torch.Generator) -> list[dict[str, torch.Tensor]]:
         st = self.stream
         dr = self.draw(generator, st.header.latent_shape, len(st.rewards))
-        got = st.take(step * self.per_rank, self.per_rank)
-        length = max(got["tokens"].shape[1], st.empty_tokens.shape[1])
-        tokens, mask = _pad_tokens(got["tokens"], got["mask"], length)
-        empty_t, empty_m = _pad_tokens(st.empty_tokens, st.empty_mask, length)
+        got = self._get(step)
+        tokens, mask = got["tokens"], got["mask"]
+        empty_t, empty_m = got["empty_tokens"], got["empty_mask"]
         lo = self.dist.rank * self.per_rank
         out = []
         for s in self.micro_slices():
@@ -405,7 +470,15 @@ def _train(cfg, out: Path, dist: DistInfo, device: torch.device, eval_fn, progre
 
         data = prepare_stream(cfg.data, text_encoder, autoencoder, rank=dist.rank, world_size=dist.world_size,
                               seed=cfg.seed, **common)
+        from ..distributed import all_reduce_sum
+
+        data_meta = {"skipped_not_in_store": all_reduce_sum(data.stream.skipped_not_in_store, dist)}
+        if data_meta["skipped_not_in_store"] and dist.is_main:
+            log.warning("%d samples of the encoded data set are not in the reward store: skipped (all ranks; the "
+                        "count is in the checkpoints' config.json, data.skipped_not_in_store)",
+                        data_meta["skipped_not_in_store"])
     else:
+        data_meta = {}
         if dist.is_main:
             data = prepare_data(cfg.data, text_encoder, autoencoder, build=True, **common)
         barrier(dist)
@@ -466,7 +539,7 @@ def _train(cfg, out: Path, dist: DistInfo, device: torch.device, eval_fn, progre
         "binner_states": data.binner_states,
         "model_info": {"text_dim": data.text_dim, "latent_shape": list(data.latent_shape),
                        "in_channels": c, "image_size": cfg.data.image_size, "num_parameters": n_params},
-        "data": {"num_samples": len(data), "cache": data.cache_path},
+        "data": {"num_samples": len(data), "cache": data.cache_path, **data_meta},
         "world_size": dist.world_size,
     }
     writer = None
@@ -537,6 +610,7 @@ def _train(cfg, out: Path, dist: DistInfo, device: torch.device, eval_fn, progre
             if dist.is_main:
                 last_ckpt = checkpoint(done)
             barrier(dist)
+    getattr(batcher, "close", lambda: None)()  # the streaming prefetch thread
     if bar is not None:
         bar.close()
     if writer is not None:
