@@ -158,11 +158,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "steps": 2000,
         "batch_size": 32,
         "train": {"checkpoint_every": 500, "optim": {"warmup_steps": 100}},
+        # MIRO is sampled as the official release samples it: eq. 3 with the empty caption in the negative branch
+        # (docs/results/world-effects: on the world it beats eq. 3 with the caption kept at every w > 0)
         "eval": {"num_prompts": 64, "num_steps": 16, "eval_every": 250, "curve_prompts": 24, "curve_num_steps": 10,
-                 "geneval_options": {"images_per_category": 64}},
-        # a smaller sweep than paper-mini's (11 evaluations, ~2-3 minutes) keeps the preset within 15 minutes
+                 "guidance": "multi_reward_cfg_text_drop", "geneval_options": {"images_per_category": 64}},
+        # a smaller sweep than paper-mini's (scales 0, 1, 3, 5) keeps the preset within 15 minutes
         "experiments": {"guidance_sweep": True, "guidance_sweep_scales": [0.0, 1.0, 3.0, 5.0],
-                        "guidance_sweep_variants": ["multi_reward_cfg", "text_cfg"]},
+                        "guidance_sweep_variants": ["multi_reward_cfg", "multi_reward_cfg_text_drop", "text_cfg"]},
     },
     "paper-mini": {
         "data_options": {"num_samples": 4000, "image_size": 32},
@@ -172,7 +174,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 32,
         "train": {"checkpoint_every": 1000, "optim": {"warmup_steps": 100}},
         "eval": {"num_prompts": 64, "num_steps": 16, "eval_every": 250, "curve_prompts": 24, "curve_num_steps": 10,
-                 "geneval_options": {"images_per_category": 64}},
+                 "guidance": "multi_reward_cfg_text_drop", "geneval_options": {"images_per_category": 64}},
         "experiments": {"single_reward": True, "leave_one_out": True, "controllability": True,
                         "controllability_rewards": list(WORLD_REWARDS), "test_time_scaling": True, "tts_max_log2": 5,
                         "tts_prompts": 16, "tts_selection": "world_alignment", "tradeoff": True, "guidance_sweep": True,
