@@ -8,6 +8,18 @@ PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
+# The `miro demo` browser tests drive Debian's chromium (never a downloaded browser): install it when it is
+# missing and apt is there and we are root; otherwise say how (those tests fail under CI=true without it).
+if [ ! -x /usr/bin/chromium ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "installing chromium + chromium-driver (apt) for the miro demo browser tests" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null \
+      || echo "warning: apt-get could not install chromium; the miro demo browser tests need /usr/bin/chromium" >&2
+  else
+    echo "note: /usr/bin/chromium is missing; as root run: apt-get install chromium chromium-driver (miro demo browser tests)" >&2
+  fi
+fi
 stamp=.venv/.miro-installed
 want="$(cat pyproject.toml plugins/*/pyproject.toml 2>/dev/null | sha256sum | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c "import miro_core" 2>/dev/null; then
