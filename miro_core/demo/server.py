@@ -503,7 +503,7 @@ class DemoServer:
 
     def start(self) -> DemoServer:
         self.app.start()
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="miro-demo-http", daemon=True)
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.1,), name="miro-demo-http", daemon=True)
         self._thread.start()
         return self
 
