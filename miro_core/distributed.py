@@ -51,6 +51,8 @@ class DistInfo:
     local_rank: int = 0
     initialized_here: bool = False
     backend: str = ""
+    #: with NCCL, a gloo group for the object collectives (ids, rows: host data that must not go through a GPU)
+    cpu_group: Any = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -92,7 +94,9 @@ def init_distributed(device_type: str = "cpu", *, rank: int | None = None, world
         if dist.get_world_size() != world or dist.get_rank() != rk:
             raise MiroError(f"rank {rk} of {world} was asked for, but the process group in place is rank "
                             f"{dist.get_rank()} of {dist.get_world_size()}.")
-        return DistInfo(rank=rk, world_size=world, local_rank=local, backend=str(dist.get_backend()))
+        backend = str(dist.get_backend())
+        cpu = dist.new_group(backend="gloo", timeout=dist_timeout()) if backend == "nccl" else None
+        return DistInfo(rank=rk, world_size=world, local_rank=local, backend=backend, cpu_group=cpu)
     if "MASTER_ADDR" not in os.environ:
         raise MiroError(f"world_size={world} needs torch.distributed: launch with `torchrun --nproc_per_node K miro "
                         "...` (or initialise a process group before calling).")
@@ -100,8 +104,9 @@ def init_distributed(device_type: str = "cpu", *, rank: int | None = None, world
     if device_type == "cuda":
         torch.cuda.set_device(local)
     dist.init_process_group(backend=backend, rank=rk, world_size=world, timeout=dist_timeout())
+    cpu = dist.new_group(backend="gloo", timeout=dist_timeout()) if backend == "nccl" else None
     log.info("joined process group: rank %d of %d (%s, timeout %s)", rk, world, backend, dist_timeout())
-    return DistInfo(rank=rk, world_size=world, local_rank=local, initialized_here=True, backend=backend)
+    return DistInfo(rank=rk, world_size=world, local_rank=local, initialized_here=True, backend=backend, cpu_group=cpu)
 
 
 def barrier(info: DistInfo) -> None:
@@ -137,20 +142,17 @@ def broadcast_object(obj: Any, info: DistInfo, src: int = 0) -> Any:
     if not info.enabled:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src, device=info.device if info.backend == "nccl" else None)
+    dist.broadcast_object_list(box, src=src, group=info.cpu_group)
     return box[0]
 
 
 def gather_objects(obj: Any, info: DistInfo, dst: int = 0) -> list[Any] | None:
-    """Every rank's ``obj`` on rank ``dst`` (in rank order); None on the other ranks."""
+    """Every rank's ``obj`` on rank ``dst`` (in rank order); None on the other ranks. Host memory only (gloo:
+    the process group on CPU, the side group :attr:`DistInfo.cpu_group` with NCCL)."""
     if not info.enabled:
         return [obj]
-    if info.backend == "nccl":  # gather_object is not supported by NCCL: every rank gets the list
-        out: list[Any] = [None] * info.world_size
-        dist.all_gather_object(out, obj)
-        return out if info.rank == dst else None
     out = [None] * info.world_size if info.rank == dst else None
-    dist.gather_object(obj, out, dst=dst)
+    dist.gather_object(obj, out, dst=dst, group=info.cpu_group)
     return out
 
 
@@ -159,7 +161,7 @@ def scatter_objects(objs: list[Any] | None, info: DistInfo, src: int = 0) -> Any
     if not info.enabled:
         return objs[0] if objs else None
     box: list[Any] = [None]
-    dist.scatter_object_list(box, objs if info.rank == src else None, src=src)
+    dist.scatter_object_list(box, objs if info.rank == src else None, src=src, group=info.cpu_group)
     return box[0]
 
 
