@@ -223,25 +223,38 @@ def test_generation_errors_show_in_the_page(browser, ckpt, shots):
         server.close()
 
 
+class DemoProcess:
+    """``python -m miro_core.cli demo ARGS --port 0`` (the real command, real plugins) and the URL it prints."""
+
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen([sys.executable, "-m", "miro_core.cli", "demo", *args, "--port", "0",
+                                      "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lines: list[str] = []
+        threading.Thread(target=lambda: lines.extend(iter(self.proc.stdout.readline, "")), daemon=True).start()
+        deadline = time.monotonic() + 60
+        while not any("http://127.0.0.1:" in ln for ln in lines):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"miro demo exited with {self.proc.returncode}: {self.proc.stderr.read()}")
+            if time.monotonic() > deadline:
+                self.close()
+                raise AssertionError("miro demo printed no URL within 60 s")
+            time.sleep(0.05)
+        self.url = re.search(r"http://127\.0\.0\.1:\d+/", "".join(lines)).group(0)
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
 def test_bad_checkpoint_shows_in_the_page(browser, tmp_path, shots):
-    """`miro demo --checkpoint <not a checkpoint>` (the real command, as a process): the page says what failed."""
+    """`miro demo --checkpoint <not a checkpoint>`: the page says what failed and how to fix it."""
     bad = tmp_path / "not-a-checkpoint"
     bad.mkdir()
     (bad / "config.json").write_text("{ this is not json")
-    proc = subprocess.Popen([sys.executable, "-m", "miro_core.cli", "demo", "--checkpoint", str(bad), "--port", "0",
-                             "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    demo = DemoProcess("--checkpoint", str(bad))
     try:
-        lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
-        reader.start()
-        deadline = time.monotonic() + 60
-        while not any("http://127.0.0.1:" in ln for ln in lines):
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline, "miro demo printed no URL within 60 s"
-            time.sleep(0.05)
-        url = re.search(r"http://127\.0\.0\.1:\d+/", "".join(lines)).group(0)
         page = browser.new_page()
-        page.goto(url)
+        page.goto(demo.url)
         box = page.locator("#load-error")
         box.wait_for()
         text = box.inner_text()
@@ -249,8 +262,30 @@ def test_bad_checkpoint_shows_in_the_page(browser, tmp_path, shots):
         assert page.locator("#form").is_hidden()
         page.screenshot(path=str(shots / "bad-checkpoint.png"), full_page=True)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        demo.close()
+
+
+def test_official_format_directory(browser, tmp_path, shots):
+    """`miro demo --pretrained <official release dir> --text-encoder T5 --vae VAE` (a tiny release written with
+    the official miro-t2i classes): dials for its rewards in its order, 64 levels each, and an image."""
+    from test_official_parity import OURS, make_official_release
+
+    release, t5, vae, _, _ = make_official_release(tmp_path)
+    demo = DemoProcess("--pretrained", str(release), "--text-encoder", str(t5), "--vae", str(vae))
+    try:
+        page = browser.new_page()
+        page.goto(demo.url)
+        page.wait_for_selector("input[type=range]", timeout=60_000)
+        dials = page.eval_on_selector_all('input[type=range][data-sign="pos"]', "es => es.map(e => [e.dataset.reward, e.max])")
+        assert dials == [[name, "63"] for name in OURS]
+        page.fill("#steps", "2")
+        page.click("#generate")
+        page.wait_for_selector("#status[data-state=done]", timeout=60_000)
+        page.wait_for_function("() => document.querySelector('table.grid img')?.naturalWidth === 16")
+        page.screenshot(path=str(shots / "official.png"), full_page=True)
+        assert browser.outside == []
+    finally:
+        demo.close()
 
 
 def test_concurrent_requests_queue(browser, ckpt, shots):
