@@ -248,3 +248,28 @@ def test_ids_pass_reads_no_image(monkeypatch, tmp_path):
     texts = list(parts.texts(parts.rank_pieces(0, 1)[0]))
     assert len(texts) == 10 and calls["n"] == 0
     assert [p for p in (parts.rank_pieces(r, 3) for r in range(3))] == [[(0, 0, 3)], [(0, 3, 6)], [(0, 6, 10)]]
+
+
+@pytest.mark.parametrize("kind", ["plain", "gnu_long_name", "pax_long_name", "gzip"])
+def test_ids_pass_header_reader_agrees_with_reading_the_shard(tmp_path, kind):
+    """The fast ustar header reader (plain shards) and its tarfile fallback (long names, pax, gzip) give the samples
+    a full read gives."""
+    import io
+
+    from miro_core.data.parts import source_parts
+
+    img = helpers.png_bytes(helpers.make_images(1)[0])
+    long = "d/" + "x" * 120 if kind.endswith("long_name") else "d/k"
+    fmt = {"gnu_long_name": tarfile.GNU_FORMAT, "pax_long_name": tarfile.PAX_FORMAT}.get(kind, tarfile.USTAR_FORMAT)
+    path = tmp_path / ("s.tar.gz" if kind == "gzip" else "s.tar")
+    with tarfile.open(path, "w:gz" if kind == "gzip" else "w", format=fmt) as t:
+        for i in range(5):
+            for ext, data in (("png", img), ("txt", f"caption {i}".encode()), ("json", b'{"a": 1}')):
+                info = tarfile.TarInfo(f"{long}{i}.{ext}")
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+    src = miro_core.registry("data_sources").create("webdataset", {"url": str(path)})
+    parts = source_parts(src)
+    fast = [(s.id, s.caption, s.meta.get("a")) for s in parts.texts((0, 0, None))]
+    full = [(s.id, s.caption, s.meta.get("a")) for _, s in parts.samples((0, 0, None))]
+    assert fast == full and len(fast) == 5 and fast[0][1] == "caption 0" and not src.problems
