@@ -1,8 +1,9 @@
 """Trade-off sweeps at inference (paper section 3.6).
 
 * ``pairwise_sweep``: rewards A and B; positive targets all 1, negative targets all 1 except
-  ``s-_A = t`` and ``s-_B = 1 - t`` for ``t`` in ``ts``: guidance moves from favouring B (t = 0) to
-  favouring A (t = 1) while the other rewards stay anchored at 1.
+  ``s-_A = t`` and ``s-_B = 1 - t`` for ``t`` in ``ts``: with v = v(s+) + w (v(s+) - v(s-)) the guidance pushes
+  away from ``s-``, so it moves from favouring A (t = 0: s-_A = 0, s-_B = 1) to favouring B (t = 1) while the
+  other rewards stay anchored at 1.
 * ``isolation_sweep``: for each reward j, ``s+ = 1`` and ``s- = 1`` except ``s-_j = 0`` (guidance points
   purely toward reward j, Figure 9), plus the "all" column with ``s- = 0``.
 """
