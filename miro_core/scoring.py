@@ -221,6 +221,23 @@ def _identity(x):
     return x
 
 
+def _cpus_per_rank() -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+
+
+def reward_threads(device: str | torch.device, workers: int) -> int | None:
+    """Intra-op threads for the rewards of a CPU job: this rank's cores minus the decode workers' (at least 1);
+    None on an accelerator. More threads than free cores make torch's thread pool wait on busy cores (measured
+    6x slower on 2 busy cores, docs/benchmarks.md)."""
+    if torch.device(device).type != "cpu":
+        return None
+    return max(1, _cpus_per_rank() - max(0, int(workers)))
+
+
 def auto_workers(device: str | torch.device = "cpu") -> int:
     """Decode workers per rank when ``workers`` is not given: one core per rank stays with the reward, the
     rest (at most 2 on CPU, where the reward needs the cores itself, and 8 on an accelerator) decode."""
@@ -718,6 +735,10 @@ def score_dataset(
     from .distributed import agree, all_reduce_sum, barrier, cleanup, gather_objects, init_distributed, scatter_objects
 
     dist = init_distributed(torch.device(device).type, rank=rank, world_size=world_size)
+    threads_before = torch.get_num_threads()
+    threads = reward_threads(device, workers)
+    if threads is not None and threads < threads_before:
+        torch.set_num_threads(threads)  # restored at the end
     try:
         # -- the ids pass: every rank reads the ids and captions of its own pieces, rank 0 makes the rows ------
         parts = source_parts(source)
@@ -857,4 +878,6 @@ def score_dataset(
             "seconds": time.perf_counter() - t0,
         }
     finally:
+        if torch.get_num_threads() != threads_before:
+            torch.set_num_threads(threads_before)
         cleanup(dist)

@@ -273,3 +273,35 @@ def test_ids_pass_header_reader_agrees_with_reading_the_shard(tmp_path, kind):
     fast = [(s.id, s.caption, s.meta.get("a")) for s in parts.texts((0, 0, None))]
     full = [(s.id, s.caption, s.meta.get("a")) for _, s in parts.samples((0, 0, None))]
     assert fast == full and len(fast) == 5 and fast[0][1] == "caption 0" and not src.problems
+
+
+def test_reward_threads_leave_the_decode_workers_their_cores_and_are_restored(monkeypatch, tmp_path):
+    import torch
+
+    from miro_core.scoring import reward_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert reward_threads("cpu", 2) == 6 and reward_threads("cpu", 0) == 8 and reward_threads("cuda", 2) is None
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert reward_threads("cpu", 1) == 1 and reward_threads("cpu", 4) == 1
+
+    seen = []
+
+    real = helpers.Brightness.score
+
+    def probe(self, images, prompts):
+        seen.append(torch.get_num_threads())
+        return real(self, images, prompts)
+
+    monkeypatch.setattr(helpers.Brightness, "score", probe)
+    root = tmp_path / "data"
+    helpers.write_folder(root, 4)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        score_dataset(str(root), ["brightness"], str(tmp_path / "s.zarr"), workers=1, progress=False)
+        assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
