@@ -178,7 +178,7 @@ def overlap(enc: str, steps: int = 30) -> dict:
     return out
 
 
-def loader_rate(enc: str, batch: int = 32, n_batches: int = 60) -> dict:
+def loader_rate(enc: str, batch: int = 32, n_batches: int = 400) -> dict:
     from miro_core import structure
     from miro_core.training.config import TrainConfig
     from miro_core.distributed import DistInfo
@@ -234,6 +234,8 @@ def main(argv=None):
     ap.add_argument("--scoring", action="store_true", help="the scoring figures (see the module doc)")
     ap.add_argument("--overlap", action="store_true", help="loader + unet step with and without prefetch")
     ap.add_argument("--no-train", action="store_true", help="skip encode / train / loader figures")
+    ap.add_argument("--loader-only", action="store_true", help="only the loader rate (existing encoding) and the "
+                    "consumers' step rates")
     args = ap.parse_args(argv)
     rin_small = {"interface_dim": 64, "latent_dim": 96, "num_latents": 16, "num_blocks": 1, "layers_per_block": 2,
                  "heads": 2, "interface_heads": 2, "patch_size": 4}
@@ -247,6 +249,12 @@ def main(argv=None):
         export_s = round(time.perf_counter() - t0, 1)  # existing shards are kept: 0 s when they are there
         enc = str(work / "enc")
         row = {"samples": n, "shards": shards, "export_s": export_s}
+        if args.loader_only:
+            loader = loader_rate(enc)
+            print(json.dumps({"samples": n, **loader, "consumer_samples_per_s": {k: round(v, 1) for k, v in consumers.items()},
+                              "loader_over_consumer": {k: round(loader["loader_samples_per_s"] / v, 1)
+                                                       for k, v in consumers.items()}}), flush=True)
+            continue
         if args.scoring:
             row["scoring"] = scoring_point(pattern, work, n)
         if args.overlap:
