@@ -651,8 +651,15 @@ class _Scorer:
             return
         retry = (" With --retry-failed these rows had failed before: if they are bad data rather than a broken "
                  "reward, score without --retry-failed to leave them recorded as failed.") if self.retry_failed else ""
+        from ._plugins import registry
+
+        try:
+            reg = registry("rewards").get(name)
+            origin = f" (distribution {reg.distribution} {reg.version}, plugin {reg.plugin})"
+        except MiroError:
+            origin = ""
         raise MiroError(
-            f"Reward {name!r} failed on each of the first {self.attempts[name]} samples it was given "
+            f"Reward {name!r}{origin} failed on each of the first {self.attempts[name]} samples it was given "
             f"(first error: {self.first_reason.get(name, '?')}); it looks broken rather than the data. Fix the "
             f"reward or its options and rerun (nothing of this job was written).{retry}"
         )

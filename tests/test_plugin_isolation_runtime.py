@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 
 import miro_core
@@ -65,3 +66,35 @@ def test_a_good_binner_passes_the_check(tmp_path, miro_components):
     s.bin("good_levels")
     b = s.bins("good_levels", "r")
     assert b[3] == -1 and b.max() == 3 and b[b >= 0].min() == 0
+
+
+# ------------------------------------------------------------------------------------------ rewards at run time
+def _reward(name: str, fn):
+    class Bad(miro_core.Reward):
+        Config = miro_core.EmptyConfig
+
+        def score(self, images, prompts):
+            return fn(images)
+
+    Bad.name = name
+    return Bad
+
+
+REWARD_CASES = {
+    "nan_everywhere": (lambda x: torch.full((x.shape[0],), float("nan")), "non-finite"),
+    "wrong_count": (lambda x: torch.zeros(x.shape[0] + 1), "scores for"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REWARD_CASES))
+def test_reward_breaking_its_contract_is_named_with_its_distribution(case, tmp_path, miro_components):
+    from miro_core.scoring import score_dataset
+
+    fn, reason = REWARD_CASES[case]
+    miro_components(_reward(f"bad_{case}", fn))
+    url = str(tmp_path / "s.zarr")
+    with pytest.raises(miro_core.MiroError) as err:
+        score_dataset("world:num_samples=16", [f"bad_{case}"], url, batch_size=4, workers=0, progress=False)
+    msg = str(err.value)
+    assert f"Reward 'bad_{case}' (distribution <local>" in msg and "looks broken" in msg and reason in msg, msg
+    assert not RewardStore.open(url).scored_mask(f"bad_{case}").any()  # nothing of the job was written
