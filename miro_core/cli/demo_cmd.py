@@ -9,6 +9,7 @@ import ipaddress
 import sys
 
 from .. import hookimpl
+from ._model_args import add_model_source
 from .._errors import ConfigError
 from ..interfaces import Command
 
@@ -27,12 +28,7 @@ class DemoCommand(Command):
     help = "serve a local web page with reward dials, an isolation grid and an interpolation strip"
 
     def add_arguments(self, parser):
-        src = parser.add_mutually_exclusive_group(required=True)
-        src.add_argument("--checkpoint", help="checkpoint dir, or a `miro train` --out dir (latest)")
-        src.add_argument("--pretrained", help="pretrained dir (save_pretrained / `miro convert`), an official MIRO "
-                                              "release dir, or a Hub repo id")
-        parser.add_argument("--text-encoder", help="with --pretrained: local text-encoder directory to use instead")
-        parser.add_argument("--vae", help="with --pretrained: local VAE directory to use instead")
+        add_model_source(parser)
         parser.add_argument("--host", default="127.0.0.1",
                             help="address to listen on (default 127.0.0.1: this machine only; the page has no login)")
         parser.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 = any free port)")

@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 
 from .. import hookimpl
+from ._model_args import add_model_source
 from .._errors import ConfigError
 from ..interfaces import Command
 
@@ -117,10 +118,7 @@ class EvalCommand(Command):
     def add_arguments(self, parser):
         parser.add_argument("--suite", required=True,
                             help="registered suite name (`miro plugins --kind suites`) or a suite .toml file")
-        src = parser.add_mutually_exclusive_group()
-        src.add_argument("--pretrained", help="pretrained dir (save_pretrained / `miro convert`), an official MIRO "
-                                              "release dir, or a Hub repo id")
-        src.add_argument("--checkpoint", help="checkpoint dir, or a `miro train` --out dir (latest)")
+        src = add_model_source(parser, required=False)
         src.add_argument("--images", help="score a folder of images any model produced: GenEval's layout "
                                           "(<index>/metadata.jsonl + <index>/samples/<k>.png) or images with prompts")
         parser.add_argument("--out", help="output folder (default: miro-eval/<suite>/<source name>); re-running "
@@ -128,8 +126,6 @@ class EvalCommand(Command):
         parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                             help="override a suite option by dotted path (e.g. --set sampling.num_steps=30 "
                                  "--set images_per_prompt=4); values are TOML")
-        parser.add_argument("--text-encoder", help="with --pretrained: local text-encoder directory to use instead")
-        parser.add_argument("--vae", help="with --pretrained: local VAE directory to use instead")
         parser.add_argument("--device", default="auto", help="device of the model: auto (CUDA when present), cpu, cuda")
         parser.add_argument("--no-ema", action="store_true", help="with --checkpoint: the raw weights, not the EMA")
         parser.add_argument("--print-config", action="store_true", help="print the resolved suite options and exit")

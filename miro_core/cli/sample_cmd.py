@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 
 from .. import hookimpl
+from ._model_args import add_model_source
 from .._errors import ConfigError
 from ..interfaces import Command
 
@@ -44,12 +45,7 @@ class SampleCommand(Command):
     help = "generate images from a checkpoint with multi-reward classifier-free guidance"
 
     def add_arguments(self, parser):
-        src = parser.add_mutually_exclusive_group(required=True)
-        src.add_argument("--checkpoint", help="checkpoint dir, or a `miro train` --out dir (latest)")
-        src.add_argument("--pretrained", help="pretrained dir (save_pretrained / `miro convert`), an official MIRO "
-                                              "release dir, or a Hub repo id")
-        parser.add_argument("--text-encoder", help="with --pretrained: local text-encoder directory to use instead")
-        parser.add_argument("--vae", help="with --pretrained: local VAE directory to use instead")
+        add_model_source(parser)
         parser.add_argument("--prompt", action="append", required=True, help="text prompt (repeatable)")
         parser.add_argument("--target", action="append", metavar="NAME=LEVEL",
                             help="positive reward level in [0,1] (default 1.0 for every reward; repeatable)")
