@@ -222,30 +222,7 @@ def test_entry_point_plugin_registers_with_distribution(site, monkeypatch):
 
 def test_plugin_sub_modules_are_attributed_to_the_distribution(site, monkeypatch):
     source = 'miro_plugins = ["{module}_binner"]\n'
-    sub = """
-    import miro_core
-    from miro_core import hookimpl
-
-
-    class Const(miro_core.Binner):
-        name = "const_test"
-
-        @miro_core.config
-        class Config:
-            num_bins: int = 4
-
-        def fit(self, scores):
-            return {}
-
-        def transform(self, scores, state):
-            import numpy as np
-            return np.zeros(np.shape(scores), dtype=np.int16)
-
-
-    @hookimpl
-    def miro_register_binners(register):
-        register(Const)
-    """
+    sub = GOOD_BINNER.replace("{name}", "const_test")
     ep, module = site("sub-dist", "0.3", source, extra={"{module}_binner": sub})
     host = _host(monkeypatch, ep)
     reg = host["binners"].get("const_test")
