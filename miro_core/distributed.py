@@ -14,7 +14,8 @@ at all (ranks encoding shards) poll for files instead (see :mod:`miro_core.train
 from __future__ import annotations
 
 __all__ = ["DistInfo", "init_distributed", "barrier", "all_reduce_mean", "all_reduce_sum", "agree",
-           "broadcast_object", "gather_objects", "scatter_objects", "cleanup", "dist_timeout", "env_rank", "DEFAULT_TIMEOUT_S"]
+           "broadcast_object", "gather_objects", "scatter_objects", "cleanup", "dist_timeout", "env_rank", "DEFAULT_TIMEOUT_S",
+           "device_mesh", "is_sharded", "gather_full", "shard_like", "local_bytes"]
 
 import datetime
 import logging
@@ -168,3 +169,71 @@ def scatter_objects(objs: list[Any] | None, info: DistInfo, src: int = 0) -> Any
 def cleanup(info: DistInfo) -> None:
     if info.initialized_here and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sharded tensors (FSDP2: ``torch.distributed.fsdp.fully_shard`` turns parameters into DTensors)
+# ---------------------------------------------------------------------------------------------------
+def device_mesh(info: DistInfo):
+    """A 1-D :class:`~torch.distributed.device_mesh.DeviceMesh` over every rank, on the device type of the
+    process group (CUDA with NCCL, CPU with gloo): what ``fully_shard`` shards over."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(info.device.type, (info.world_size,))
+
+
+def is_sharded(value: Any) -> bool:
+    """True for a DTensor (a parameter, gradient or optimizer state of an FSDP-sharded model)."""
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(value, DTensor)
+
+
+def gather_full(tree: Any, info: DistInfo, dst: int = 0) -> Any:
+    """``tree`` (dicts / lists / tuples of tensors and plain values, e.g. a model, EMA or optimizer state dict) with
+    every DTensor gathered into its full tensor, on the CPU of rank ``dst``; None on the other ranks.
+
+    A COLLECTIVE: every rank must call it with trees of the same structure (the state dicts of one sharded
+    model are). Each tensor is gathered, copied to rank ``dst``'s CPU and dropped elsewhere before the next one,
+    so no rank holds more than one full tensor beyond its shards (rank ``dst`` ends with the full tree)."""
+    keep = not info.enabled or info.rank == dst
+
+    def walk(obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            full = obj.full_tensor() if is_sharded(obj) else obj
+            return full.detach().to("cpu") if keep else None
+        if isinstance(obj, dict):
+            return {k: walk(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            out = [walk(v) for v in obj]
+            return out if isinstance(obj, list) else tuple(out)
+        return obj
+
+    out = walk(tree)
+    return out if keep else None
+
+
+def shard_like(full: torch.Tensor, like: Any) -> Any:
+    """``full`` (a whole tensor every rank holds, e.g. read from a checkpoint) as a DTensor sharded as ``like``
+    (a sharded parameter) is; each rank keeps its own piece, nothing is communicated. ``like`` not sharded:
+    ``full`` moved to ``like``'s device."""
+    if not is_sharded(like):
+        return full.to(like.device)
+    from torch.distributed.tensor import distribute_tensor
+
+    if tuple(full.shape) != tuple(like.shape):
+        raise MiroError(f"cannot shard a tensor of shape {tuple(full.shape)} like a parameter of shape "
+                        f"{tuple(like.shape)}")
+    return distribute_tensor(full.to(like.device), like.device_mesh, like.placements, src_data_rank=None)
+
+
+def local_bytes(tensors: Any) -> int:
+    """Bytes this rank holds for ``tensors`` (an iterable of tensors / DTensors): a DTensor counts its local
+    shard only."""
+    total = 0
+    for t in tensors:
+        if not isinstance(t, torch.Tensor):
+            continue
+        local = t.to_local() if is_sharded(t) else t
+        total += local.numel() * local.element_size()
+    return total

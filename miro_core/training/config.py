@@ -6,7 +6,7 @@ single fields. ``structure(data, TrainConfig)`` rejects unknown keys and names t
 
 from __future__ import annotations
 
-__all__ = ["DataConfig", "OptimConfig", "SampleConfig", "TrainConfig", "NO_REWARDS"]
+__all__ = ["DataConfig", "OptimConfig", "SampleConfig", "TrainConfig", "NO_REWARDS", "PARALLEL_MODES"]
 
 from typing import Any, Literal
 
@@ -94,11 +94,24 @@ class SampleConfig:
     seed: int = 0
 
 
+#: ``TrainConfig.parallel`` values
+PARALLEL_MODES = ("ddp", "fsdp")
+
+
+def _check_parallel(_obj: Any, _attr: Any, value: str) -> None:
+    if value not in PARALLEL_MODES:
+        raise ValueError(f"parallel must be 'ddp' (a full model replica per rank) or 'fsdp' (the model sharded "
+                         f"over the ranks of a torchrun job), got {value!r}")
+
+
 @config
 class TrainConfig:
     """A training run. ``batch_size`` is the global batch per optimizer step (split over ranks and
     ``grad_accum`` micro-batches); ``device``: ``auto`` (CUDA when present) / ``cpu`` / ``cuda``;
-    ``precision``: ``auto`` (bf16 autocast on CUDA, fp32 on CPU) / ``fp32`` / ``bf16``."""
+    ``precision``: ``auto`` (bf16 autocast on CUDA, fp32 on CPU) / ``fp32`` / ``bf16``; ``parallel``: how a
+    ``torchrun`` job spreads the model over its ranks, ``ddp`` (a full replica per rank) or ``fsdp``
+    (parameters, gradients, optimizer state and EMA sharded over the ranks, per block; for backbones too large
+    for a replica per GPU). One process always trains unsharded."""
 
     model: ModelConfig = attrs.field(factory=ModelConfig)
     data: DataConfig = attrs.field(factory=DataConfig)
@@ -116,6 +129,8 @@ class TrainConfig:
     log_every: int = 10
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    #: ``ddp`` (default) or ``fsdp``; may change on resume (the checkpoint format is the same)
+    parallel: str = attrs.field(default="ddp", validator=_check_parallel)
     #: initialise the model from a pretrained directory (ours, an official release, or a checkpoint); ignored
     #: when resuming. Rewards the pretrained model knows keep their tokens; new rewards start fresh.
     init_from: str = ""

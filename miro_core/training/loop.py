@@ -10,7 +10,7 @@ exactly on CPU, and a DDP run on W ranks see the same batch as a single process.
 from __future__ import annotations
 
 __all__ = ["TrainResult", "train", "batch_indices", "lr_factor", "make_optimizer", "decay_parameter_names", "Batcher",
-           "StreamBatcher"]
+           "StreamBatcher", "fsdp_units", "shard_model"]
 
 import contextlib
 import copy
@@ -44,7 +44,8 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .data import TrainingData, prepare_data
-from ..distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
+from ..distributed import (DistInfo, all_reduce_mean, barrier, cleanup, device_mesh, gather_full, init_distributed,
+                           is_sharded, local_bytes, shard_like)
 from .ema import EMA
 
 log = logging.getLogger(__name__)
@@ -341,39 +342,146 @@ class StreamBatcher(_Draws):
         return out
 
 
-def train_step(model, batches, optimizer, scheduler, ema, cfg: TrainConfig, device: torch.device, ddp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+class _DDPForward(torch.nn.Module):
+    """What DDP wraps: the model's forward plus the learned loss weighting's ``logvar(t)``, so that every trained
+    parameter is used inside DDP's forward (DDP with ``find_unused_parameters`` marks a parameter unused in its
+    forward ready at once and then fails when the weighting's backward reaches it again)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x_t, t, tokens, mask, levels, **extra):
+        v = self.model(x_t, t, tokens, mask, levels, **extra)
+        weighting = self.model.loss_weighting
+        return v, (None if weighting is None else weighting(t))
+
+
+def train_step(model, batches, optimizer, scheduler, ema, cfg: TrainConfig, device: torch.device, ddp: bool,
+               fsdp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step over the micro-batches; returns (mean loss, grad norm) as tensors (no host sync).
 
-    The returned loss is the plain flow-matching MSE; with learned loss weighting the gradient comes from the
-    weighted objective ``l / exp(logvar) + logvar``."""
+    ``ddp``: ``model`` is a DistributedDataParallel wrapper of :class:`_DDPForward`; ``fsdp``: ``model`` was sharded by
+    :func:`shard_model` (gradients are reduce-scattered after the last micro-batch only, the clipping norm is
+    the global norm over every shard). The returned loss is the plain flow-matching MSE; with learned loss
+    weighting the gradient comes from the weighted objective ``l / exp(logvar) + logvar``."""
     total = torch.zeros((), device=device)
     n = len(batches)
-    weighting = (model.module if ddp else model).loss_weighting
+    inner = model.module.model if ddp else model
+    weighting = inner.loss_weighting
     for i, b in enumerate(batches):
         sync = contextlib.nullcontext() if (not ddp or i == n - 1) else model.no_sync()
+        if fsdp:  # accumulate unsharded gradients locally, reduce-scatter with the last micro-batch
+            model.set_requires_gradient_sync(i == n - 1)
         with sync:
             extra = {k[2:]: v for k, v in b.items() if k.startswith("u_")}
             with _autocast(device, cfg.precision):
                 x_t = interpolate(b["x"], b["eps"], b["t"])
                 v = model(x_t, b["t"], b["tokens"], b["mask"], b["levels"], **extra)
+                if ddp:
+                    v, logvar = v
             if weighting is None:
                 loss = flow_matching_loss(v, b["x"], b["eps"])
                 objective = loss
             else:
                 per_element = (v.float() - velocity_target(b["x"], b["eps"]).float()).pow(2)
                 loss = per_element.mean().detach()
-                with _autocast(device, cfg.precision):
-                    objective = weighting.weight(per_element, b["t"]).mean()
+                if ddp:  # LogVarWeighting.weight with the logvar DDP's forward computed
+                    lv = logvar.float().reshape(-1, *([1] * (per_element.ndim - 1)))
+                    objective = (per_element / lv.exp() + lv).mean()
+                else:
+                    with _autocast(device, cfg.precision):
+                        objective = weighting.weight(per_element, b["t"]).mean()
             (objective / n).backward()
         total += loss.detach() / n
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
     params = [p for p in model.parameters() if p.grad is not None]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)  # DTensor gradients: the norm over all shards
+    if is_sharded(grad_norm):
+        grad_norm = grad_norm.full_tensor()
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    ema.update(model.module if ddp else model)
+    ema.update(inner)
     return total, grad_norm
+
+
+# ---------------------------------------------------------------------------------------------------
+# FSDP
+# ---------------------------------------------------------------------------------------------------
+def _module_list_elements(module: torch.nn.Module) -> list[str]:
+    return [f"{name}.{i}" for name, child in module.named_children()
+            if isinstance(child, torch.nn.ModuleList) for i in range(len(child))]
+
+
+def fsdp_units(model: torch.nn.Module) -> list[str]:
+    """Names of the sub-modules :func:`shard_model` shards as FSDP units of a :class:`~miro_core.model.MiroModel`
+    (the root is the last, implicit unit), children before their parents.
+
+    The backbone's units: its ``fsdp_units()`` (an optional method returning sub-module names relative to the
+    backbone, see docs/plugins.md) or else every element of each ``nn.ModuleList`` that is a direct child of the
+    backbone (``blocks.0``, ``blocks.1``... for rin and dit, the ``down`` / ``up`` levels of unet); the
+    conditioning's: the elements of its direct ``nn.ModuleList`` children (context blocks); the learned loss
+    weighting is a unit of its own (it runs outside the model's forward). Parameters outside every unit (stems,
+    embeddings, heads, norms) belong to the root unit, gathered once per forward."""
+    names: list[str] = []
+    backbone = getattr(model, "backbone", None)
+    if backbone is not None:
+        declared = getattr(backbone, "fsdp_units", None)
+        own = list(declared()) if callable(declared) else _module_list_elements(backbone)
+        names += [f"backbone.{n}" for n in own]
+    conditioning = getattr(model, "conditioning", None)
+    if conditioning is not None:
+        names += [f"conditioning.{n}" for n in _module_list_elements(conditioning)]
+    if getattr(model, "loss_weighting", None) is not None:
+        names.append("loss_weighting")
+    modules = dict(model.named_modules())
+    unknown = [n for n in names if n not in modules]
+    if unknown:
+        raise ConfigError(f"FSDP units {unknown} are not sub-modules of the model (a backbone's fsdp_units() must "
+                          "name its own sub-modules, e.g. 'blocks.0').")
+    # children before parents: fully_shard of a parent must see its children already sharded
+    return sorted(dict.fromkeys(names), key=lambda n: -n.count("."))
+
+
+def shard_model(model: torch.nn.Module, dist: DistInfo) -> list[str]:
+    """Shard ``model`` in place with FSDP2 (``torch.distributed.fsdp.fully_shard``) over every rank: each unit of
+    :func:`fsdp_units`, then the root. Parameters become DTensors (each rank keeps ``1 / world_size`` of every
+    tensor, moved to the rank's device); a unit's parameters are all-gathered for its forward and backward and
+    its gradients reduce-scattered (averaged over the ranks, as DDP does). Full precision: no mixed-precision
+    policy (``precision`` still applies as autocast). Returns the unit names."""
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = device_mesh(dist)
+    units = fsdp_units(model)
+    backbone = getattr(model, "backbone", None)
+    if backbone is not None:
+        # every rank must run the sharded blocks the same number of times (see the rin backbone)
+        backbone.uniform_control_flow = True
+    modules = dict(model.named_modules())
+    for name in units:
+        fully_shard(modules[name], mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return units
+
+
+def _shard_optimizer_state(state: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """A full optimizer state dict (a checkpoint's, the format of one process and DDP) with every per-parameter
+    tensor sharded like its (sharded) parameter, ready for ``optimizer.load_state_dict``."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    out = {}
+    for key, per_param in state["state"].items():
+        p = params[int(key)]
+        out[key] = {k: shard_like(v, p) if isinstance(v, torch.Tensor) and v.ndim > 0 and tuple(v.shape) == tuple(p.shape)
+                    else v for k, v in per_param.items()}
+    return {**state, "state": out}
+
+
+def _memory_per_rank(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: EMA) -> dict[str, int]:
+    """Bytes this rank holds for parameters, optimizer state and the EMA shadow (shards only under FSDP)."""
+    opt = [v for st in optimizer.state.values() for v in st.values()]
+    return {"parameters": local_bytes(model.parameters()), "optimizer": local_bytes(opt),
+            "ema": local_bytes(ema.shadow.values())}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -426,6 +534,9 @@ def train(
 
 
 def _validate(cfg: TrainConfig, dist: DistInfo) -> None:
+    if cfg.parallel == "fsdp" and not dist.enabled:
+        log.warning("parallel = 'fsdp' in a single process: training unsharded (nothing to shard over). Launch "
+                    "with `torchrun --nproc_per_node K ...` to shard the model over K ranks.")
     if cfg.steps < 1:
         raise ConfigError(f"steps must be >= 1 (got {cfg.steps}).")
     if cfg.grad_accum < 1:
@@ -497,8 +608,18 @@ def _train(cfg, out: Path, dist: DistInfo, device: torch.device, eval_fn, progre
         init_report = init_from_pretrained(model, list(data.reward_names), cfg.init_from)
         if dist.is_main:
             (out / "init_report.json").write_text(json.dumps(init_report, indent=2))
-    model = model.to(device)
-    ema = EMA(model, cfg.optim.ema_decay, cfg.optim.ema_warmup)
+    if resume_from is not None:  # full weights, loaded before sharding
+        load_into(model, load_state_dict_file(resume_from / "model.safetensors"), f"Checkpoint {resume_from}")
+    n_params = sum(p.numel() for p in model.parameters())
+    fsdp = cfg.parallel == "fsdp" and dist.enabled
+    units: list[str] = []
+    if fsdp:
+        units = shard_model(model, dist)  # also moves the shards to the rank's device
+        log.info("FSDP: %d units + the root over %d ranks (%s)", len(units), dist.world_size,
+                 ", ".join(units[:8]) + (", ..." if len(units) > 8 else ""))
+    else:
+        model = model.to(device)
+    ema = EMA(model, cfg.optim.ema_decay, cfg.optim.ema_warmup)  # sharded like the model under FSDP
     optimizer = make_optimizer(model, cfg)
     o = cfg.optim
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -507,25 +628,28 @@ def _train(cfg, out: Path, dist: DistInfo, device: torch.device, eval_fn, progre
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     start = 0
     if resume_from is not None:
-        load_into(model, load_state_dict_file(resume_from / "model.safetensors"), f"Checkpoint {resume_from}")
         ema.load_shadow(load_state_dict_file(resume_from / "ema.safetensors"), device)
         state = load_training_state(resume_from)
+        if fsdp:
+            live = dict(model.named_parameters())
+            ema.shadow = {k: shard_like(v, live[k]) for k, v in ema.shadow.items()}
+            state["optimizer"] = _shard_optimizer_state(state["optimizer"], optimizer)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         ema.num_updates = int(state["ema_updates"])
         restore_rng(state["rng"], generator)
         start = int(resume_meta["step"])
         log.info("resumed from %s at step %d", resume_from, start)
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info("model: %.2fM parameters on %s", n_params / 1e6, device)
+    log.info("model: %.2fM parameters on %s, %.1f MiB of them on this rank", n_params / 1e6, device,
+             local_bytes(model.parameters()) / 2**20)
 
-    ddp = dist.enabled
+    ddp = dist.enabled and not fsdp
     net = model
     if ddp:
         from torch.nn.parallel import DistributedDataParallel
 
         # unused parameters are normal here: empty register banks, self-conditioning paths taken on some steps
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+        net = DistributedDataParallel(_DDPForward(model), device_ids=[device.index] if device.type == "cuda" else None,
                                       find_unused_parameters=True)
     if cfg.data.encoded:
         batcher = StreamBatcher(data.stream, cfg, dist, device, uniforms=model.train_uniforms)
@@ -541,7 +665,10 @@ def _train(cfg, out: Path, dist: DistInfo, device: torch.device, eval_fn, progre
                        "in_channels": c, "image_size": cfg.data.image_size, "num_parameters": n_params},
         "data": {"num_samples": len(data), "cache": data.cache_path, **data_meta},
         "world_size": dist.world_size,
+        "parallel": "fsdp" if fsdp else ("ddp" if ddp else "single"),
     }
+    if fsdp:
+        meta["fsdp_units"] = units
     writer = None
     if dist.is_main:
         (out / "train_config.json").write_text(json.dumps(meta["train_config"], indent=2, sort_keys=True))
@@ -556,27 +683,46 @@ def _train(cfg, out: Path, dist: DistInfo, device: torch.device, eval_fn, progre
 
         bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
 
-    def pipeline():
+    def full_ema() -> dict[str, torch.Tensor] | None:
+        """FSDP: the EMA weights gathered on rank 0 (a collective: every rank calls it); else None."""
+        return gather_full(ema.state_dict(model), dist) if fsdp else None
+
+    def pipeline(ema_state: dict[str, torch.Tensor] | None = None):
         from ..sampling import MiroPipeline
 
-        ema_model = copy.deepcopy(model)
-        ema.copy_to(ema_model)
+        if fsdp:  # an unsharded copy on rank 0 from the gathered EMA weights
+            ema_model = build_model(cfg.model, data.reward_names, data.text_dim, c, h)
+            load_into(ema_model, ema_state, "The gathered EMA weights")
+            ema_model = ema_model.to(device)
+        else:
+            ema_model = copy.deepcopy(model)
+            ema.copy_to(ema_model)
         return MiroPipeline(ema_model, text_encoder, autoencoder, reward_names=data.reward_names,
                             image_size=cfg.data.image_size, latent_shape=data.latent_shape, device=device,
                             binner_states=data.binner_states, model_config=unstructure(cfg.model))
 
-    def checkpoint(step: int) -> Path:
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+    def checkpoint(step: int) -> Path | None:
+        """Write the checkpoint of ``step`` on rank 0 (None elsewhere). FSDP: every rank calls it; the sharded
+        weights, EMA and optimizer state are gathered into full tensors on rank 0 first, so the files are the
+        same as a one-process or DDP run's (sampling, save_pretrained and resume under any mode read them)."""
+        memory = _memory_per_rank(model, optimizer, ema)
+        states = (model.state_dict(), ema.state_dict(model), optimizer.state_dict())
+        if fsdp:
+            states = gather_full(states, dist)
+        if not dist.is_main:
+            return None
+        model_state, ema_state, opt_state = states
+        state = {"optimizer": opt_state, "scheduler": scheduler.state_dict(),
                  "ema_updates": ema.num_updates, "rng": capture_rng(generator), "step": step}
-        return save_checkpoint(ckpt_root, step, meta=meta, model_state=model.state_dict(),
-                               ema_state=ema.state_dict(model), training_state=state, keep=cfg.keep_checkpoints)
+        return save_checkpoint(ckpt_root, step, meta={**meta, "memory_per_rank": memory}, model_state=model_state,
+                               ema_state=ema_state, training_state=state, keep=cfg.keep_checkpoints)
 
     last_ckpt = resume_from
     t_log, n_log, loss_acc = time.perf_counter(), 0, torch.zeros((), device=device)
     model.train()
     for step in range(start, cfg.steps):
         batches = batcher(step, generator)
-        loss, grad_norm = train_step(net, batches, optimizer, scheduler, ema, cfg, device, ddp)
+        loss, grad_norm = train_step(net, batches, optimizer, scheduler, ema, cfg, device, ddp, fsdp)
         loss_acc += loss
         n_log += 1
         done = step + 1
@@ -594,12 +740,15 @@ def _train(cfg, out: Path, dist: DistInfo, device: torch.device, eval_fn, progre
             t_log, n_log, loss_acc = time.perf_counter(), 0, torch.zeros((), device=device)
         if bar is not None:
             bar.update(1)
-        if dist.is_main and cfg.sample_every and done % cfg.sample_every == 0:
-            _sample_grid(pipeline(), cfg, data, out, done, writer)
-            model.train()
-        if cfg.eval_every and eval_fn is not None and done % cfg.eval_every == 0:
+        if cfg.sample_every and done % cfg.sample_every == 0:
+            ema_state = full_ema()
             if dist.is_main:
-                metrics = {k: float(v) for k, v in (eval_fn(pipeline(), done) or {}).items()}
+                _sample_grid(pipeline(ema_state), cfg, data, out, done, writer)
+                model.train()
+        if cfg.eval_every and eval_fn is not None and done % cfg.eval_every == 0:
+            ema_state = full_ema()
+            if dist.is_main:
+                metrics = {k: float(v) for k, v in (eval_fn(pipeline(ema_state), done) or {}).items()}
                 model.train()
                 for k, v in metrics.items():
                     if writer is not None:
@@ -607,8 +756,10 @@ def _train(cfg, out: Path, dist: DistInfo, device: torch.device, eval_fn, progre
                 history.append({"step": done, **{f"eval/{k}": v for k, v in metrics.items()}})
             barrier(dist)
         if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps:
-            if dist.is_main:
-                last_ckpt = checkpoint(done)
+            if dist.is_main or fsdp:
+                written = checkpoint(done)
+                if dist.is_main:
+                    last_ckpt = written
             barrier(dist)
     getattr(batcher, "close", lambda: None)()  # the streaming prefetch thread
     if bar is not None:

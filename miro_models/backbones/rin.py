@@ -160,6 +160,10 @@ class RIN(Backbone):
     train_uniforms: ClassVar[tuple[str, ...]] = ("self_cond",)
     #: The conditioning this backbone was designed with (used unless model.conditioning_impl says otherwise).
     default_conditioning: ClassVar[str] = "miro_core.cad_conditioning:CADConditioning"
+    #: Set by the training loop under FSDP (``parallel = "fsdp"``): every rank must call the sharded blocks the
+    #: same number of times, so the self-conditioning pass runs on every training step, also when none of this
+    #: rank's samples is self-conditioned (its latents are then multiplied by 0: the same values as no pass).
+    uniform_control_flow: bool = False
 
     @config
     class Config:
@@ -289,7 +293,7 @@ class RIN(Backbone):
             if self.self_cond is not None and c.self_cond_rate > 0:
                 u = self_cond if self_cond is not None else torch.rand(b, device=x_t.device)
                 use = u.to(x_t.device).reshape(-1) < c.self_cond_rate
-                if bool(use.any()):
+                if self.uniform_control_flow or bool(use.any()):
                     with torch.no_grad():
                         _, z = self._run(x_in, gamma, context, context_mask, None)
                     prev = z.detach() * use[:, None, None].to(z.dtype)
