@@ -5,10 +5,21 @@ A source is cut into *pieces*, ``(unit, lo, hi)``:
 * a webdataset source: one piece per shard (``(k, 0, None)``); rank ``r`` of ``W`` takes the shards ``k % W == r``
   and its worker ``w`` of ``n`` the rank's shards ``j % n == w`` (what webdataset's ``split_by_node`` /
   ``split_by_worker`` do). A worker opens no other shard.
-* an image folder, a JSONL manifest, or any source with ``__len__`` and ``__getitem__`` (the world): rank ``r``
-  takes the contiguous positions ``[N r / W, N (r + 1) / W)`` (``(0, lo, hi)``) and each worker a contiguous
-  sub-slice of it. Only those files / lines / samples are read (the folder listing and the manifest's text are
-  read by every rank: they are what says where a slice starts).
+* an image folder, or any source with ``__len__`` and ``__getitem__`` (the world): rank ``r`` takes the
+  contiguous positions ``[N r / W, N (r + 1) / W)`` (``(0, lo, hi)``) and each worker a contiguous sub-slice of
+  it. Only those files / samples are read (the folder listing is read by every rank: it says where a slice
+  starts).
+* a JSONL manifest (also ``kind == "slices"``): the file is cut into contiguous byte ranges, the
+  TextInputFormat rule: rank ``r`` takes ``[S r / W, S (r + 1) / W)`` of the ``S`` bytes and owns every line
+  that *starts* in it (its reader seeks to the range, drops the tail of the line before, reads its last line to
+  the end). Nobody reads the whole file, so the number of samples is not known up front: a rank's piece is
+  ``(0, a, b)`` in byte offsets, and position ``k`` of that piece (its ``k``-th sample) is numbered ``a + k``
+  (``k < b - a``: a line takes at least one byte). The ids pass (:meth:`SourceParts.texts`) records where each
+  of its lines starts (8 bytes per sample); :meth:`SourceParts.worker_pieces` then cuts the rank's byte range
+  again for the workers (worker ``w`` of ``n`` owns the lines that start in its ``n``-th of the bytes) and hands
+  out the sub-pieces ``(0, a + k0, a + k1)``; :meth:`SourceParts.samples` seeks straight to line ``k0``. So each
+  rank, and each worker of it, reads its own contiguous byte range and no other (docs/scoring.md). ``limit`` is
+  applied by the ids pass (the first ``limit`` samples in rank order), not by :meth:`SourceParts.rank_pieces`.
 * any other source: one piece (the whole source), read by rank 0's first worker.
 
 Concatenating the pieces in unit order (shards ``0..n-1``; slices in rank order) gives the source's own order,
@@ -24,11 +35,13 @@ from __future__ import annotations
 
 __all__ = ["SourceParts", "source_parts", "Piece"]
 
+import bisect
 import itertools
 import logging
 import os
 import tarfile
 import zlib
+from array import array
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,9 +63,14 @@ class SourceParts:
 
         self.source = source
         self.length: int | None = None
+        #: a JSONL manifest: byte ranges by their start (see the module doc)
+        self._spans: dict[int, _Span] | None = None
         if isinstance(source, WebDatasetSource):
             self.kind = "shards"
-        elif isinstance(source, (ImageFolderSource, JsonlSource)):
+        elif isinstance(source, JsonlSource):
+            self.kind = "slices"  # its length is not known without reading it
+            self._spans = {}
+        elif isinstance(source, ImageFolderSource):
             self.kind = "slices"
             self.length = len(source)
         elif hasattr(source, "__getitem__") and _has_len(source):
@@ -72,6 +90,14 @@ class SourceParts:
             return [(k, 0, None) for k in range(rank, self.units, world_size)]
         if self.kind == "whole":
             return [(0, 0, limit)] if rank == 0 else []
+        if self._spans is not None:  # a JSONL manifest: a byte range (``limit``: applied by the ids pass)
+            size = self.source.size()
+            a, b = size * rank // world_size, size * (rank + 1) // world_size
+            if b <= a:
+                return []
+            if a not in self._spans or self._spans[a].b != b:
+                self._spans[a] = _Span(a, b)
+            return [(0, a, b)]
         n = self.length if limit is None else min(self.length, int(limit))
         lo, hi = n * rank // world_size, n * (rank + 1) // world_size
         return [(0, lo, hi)] if hi > lo else []
@@ -82,6 +108,18 @@ class SourceParts:
             return pieces[worker::num_workers]
         out = []
         for unit, lo, hi in pieces:
+            span = self._spans.get(lo) if self._spans is not None else None
+            if span is not None and span.b == hi:  # a JSONL rank range: its lines, cut again by bytes
+                starts, end = self._index(span)
+                if len(starts):
+                    first = int(starts[0])
+                    cuts = [first + (end - first) * w // num_workers for w in (worker, worker + 1)]
+                    k0, k1 = (int(np.searchsorted(starts, c, "left")) for c in cuts)
+                    if worker + 1 == num_workers:
+                        k1 = len(starts)
+                    if k1 > k0:
+                        out.append((unit, lo + k0, lo + k1))
+                continue
             n = hi - lo
             a, b = lo + n * worker // num_workers, lo + n * (worker + 1) // num_workers
             if b > a:
@@ -100,6 +138,9 @@ class SourceParts:
         if self.kind == "whole":
             it = iter(src)
             yield from enumerate(it if hi is None else itertools.islice(it, hi))
+            return
+        if self._spans is not None:
+            yield from self._jsonl_samples(piece, keep)
             return
         get = self._getter()
         for j, pos in enumerate(range(lo, hi)):
@@ -126,25 +167,116 @@ class SourceParts:
             for pos in range(lo, hi):
                 yield src._sample(files[pos])  # a path, not pixels: nothing is decoded
         elif isinstance(src, JsonlSource):
-            rows = src.rows()
-            for pos in range(lo, hi):
-                yield src._sample(rows[pos])
+            span = self._spans.get(lo) if self._spans is not None else None
+            if span is None or span.b != hi:  # a sub-piece (positions of a range already read)
+                yield from (s for _, s in self._jsonl_samples(piece, None))
+                return
+            starts = array("q")  # where each line of the range starts, recorded as they are read
+            span.starts, span.end, span.complete = starts, span.a, False
+            for off, stop, row in src.read_rows(span.a, span.b):
+                starts.append(off)
+                span.end = stop
+                yield src._sample(row)
+            span.complete = True
         else:
             get = self._getter()
             for pos in range(lo, hi):
                 yield _drop_image(get(pos))
 
     def _getter(self):
-        from .sources import ImageFolderSource, JsonlSource
+        from .sources import ImageFolderSource
 
         src = self.source
         if isinstance(src, ImageFolderSource):
             files = src.files()
             return lambda pos: src._sample(files[pos])
-        if isinstance(src, JsonlSource):
-            rows = src.rows()
-            return lambda pos: src._sample(rows[pos])
         return src.__getitem__
+
+    # -- a JSONL manifest ----------------------------------------------------------------------------
+    def _index(self, span: _Span) -> tuple[np.ndarray, int]:
+        """``(line starts, end of the last line)`` of a rank's byte range: what its ids pass recorded (all of it,
+        or as far as it read), else read now (lines only, not parsed)."""
+        from .sources import is_blank, iter_lines
+
+        if span.starts is None:
+            starts = array("q")
+            end = span.a
+            with self.source.open() as f:
+                for off, stop, raw in iter_lines(f, span.a, span.b):
+                    if not is_blank(raw):
+                        starts.append(off)
+                        end = stop
+            span.starts, span.end, span.complete = starts, end, True
+        return np.array(span.starts, dtype=np.int64), span.end  # a copy: the ids pass may still append
+
+    def _span_of(self, pos: int) -> _Span | None:
+        keys = sorted(self._spans)
+        i = bisect.bisect_right(keys, pos) - 1
+        if i < 0:
+            return None
+        span = self._spans[keys[i]]
+        return span if pos < span.b else None
+
+    def _jsonl_samples(self, piece: Piece, keep: np.ndarray | None) -> Iterator[tuple[int, Sample | None]]:
+        """The samples of positions ``[lo, hi)`` of a rank's range (module doc): a seek to the first one wanted,
+        a read to the end of the last one."""
+        from .._errors import MiroError
+
+        unit, lo, hi = piece
+        src = self.source
+        if hi is None or hi <= lo:
+            return
+        span = self._span_of(lo)
+        if span is None:  # not a range this object handed out: read ``[lo, hi)`` as a byte range
+            for j, (_, _, row) in enumerate(src.read_rows(lo, hi, warn_duplicates=False)):
+                yield j, (None if keep is not None and j < len(keep) and not keep[j] else src._sample(row))
+            return
+        starts, end = self._index(span)
+        k0, k1 = lo - span.a, min(hi - span.a, len(starts))
+        if k1 <= k0:
+            return
+        first, last = k0, k1 - 1  # the positions read: from the first wanted one to the last
+        if keep is not None:
+            kept = np.flatnonzero(np.asarray(keep[:k1 - k0], bool))
+            if not kept.size:
+                yield from ((j, None) for j in range(k1 - k0))
+                return
+            first, last = k0 + int(kept[0]), k0 + int(kept[-1])
+            yield from ((j, None) for j in range(first - k0))
+        stop = int(starts[last + 1]) if last + 1 < len(starts) else end
+        want = None if keep is None else (lambda i, base=first - k0: base + i < len(keep) and bool(keep[base + i]))
+        k = first
+        for off, _, row in src.read_rows(int(starts[first]), stop, at_line_start=True, warn_duplicates=False,
+                                         keep=want):
+            if k > last or off != starts[k]:
+                raise MiroError(f"JSONL manifest {src.config.path}: the line at byte {off} is not where the ids "
+                                "pass of this job found one; the manifest changed while it was being read. Make "
+                                "it read-only during the job and rerun.")
+            yield k - k0, (None if row is None else src._sample(row))
+            k += 1
+        if k <= last:
+            raise MiroError(f"JSONL manifest {src.config.path}: it ends {last + 1 - k} lines before where the ids "
+                            "pass of this job found its lines; the manifest changed while it was being read. Make "
+                            "it read-only during the job and rerun.")
+        yield from ((j, None) for j in range(k - k0, k1 - k0))  # after the last wanted one: not read
+
+
+class _Span:
+    """A rank's byte range ``[a, b)`` of a JSONL manifest and, once read, where its lines start."""
+
+    __slots__ = ("a", "b", "starts", "end", "complete")
+
+    def __init__(self, a: int, b: int):
+        self.a, self.b = a, b
+        self.starts: array | None = None
+        self.end = a
+        self.complete = False
+
+    def __getstate__(self):
+        return (self.a, self.b, self.starts, self.end, self.complete)
+
+    def __setstate__(self, state):
+        self.a, self.b, self.starts, self.end, self.complete = state
 
 
 def source_parts(source: Any) -> SourceParts:

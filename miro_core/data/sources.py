@@ -12,7 +12,7 @@ next shard is read.
 
 from __future__ import annotations
 
-__all__ = ["ImageFolderSource", "WebDatasetSource", "JsonlSource", "IMAGE_EXTENSIONS", "expand_urls"]
+__all__ = ["ImageFolderSource", "WebDatasetSource", "JsonlSource", "IMAGE_EXTENSIONS", "expand_urls", "iter_lines"]
 
 import json
 import logging
@@ -21,6 +21,7 @@ import re
 import tarfile
 import zlib
 from collections.abc import Iterator
+from typing import Any
 
 from .. import hookimpl
 from .._config import config
@@ -249,10 +250,129 @@ class WebDatasetSource(DataSource):
 
 
 # ---------------------------------------------------------------------------------------------------
+#: bytes read at a time by the JSONL range reader (a range's last line may run past its end: read on)
+_JSONL_CHUNK = 1 << 16
+
+
+def _open_bin(path: str):
+    """``path`` (a local path or any fsspec URL) opened for binary reading, seekable (a test counts its reads)."""
+    import fsspec
+
+    return fsspec.open(path, "rb").open()
+
+
+def _file_size(path: str) -> int:
+    import fsspec
+
+    fs, p = fsspec.core.url_to_fs(path)
+    return int(fs.size(p))
+
+
+def _count_lines(f, end: int) -> int:
+    """The number of lines (universal newlines, as ``bytes.splitlines``) in the first ``end`` bytes of ``f``,
+    where ``end`` is a line start. Reads those bytes: only an error or a warning needs a line number."""
+    f.seek(0)
+    n, pos, prev_cr = 0, 0, False
+    while pos < end:
+        chunk = f.read(min(_JSONL_CHUNK * 16, end - pos))
+        if not chunk:
+            break
+        n += chunk.count(b"\n") + chunk.count(b"\r") - chunk.count(b"\r\n")
+        if prev_cr and chunk[:1] == b"\n":
+            n -= 1  # a CRLF cut by the chunk edge was counted twice
+        prev_cr = chunk[-1:] == b"\r"
+        pos += len(chunk)
+    return n
+
+
+def iter_lines(f, start: int, end: int | None, *, at_line_start: bool = False) -> Iterator[tuple[int, int, bytes]]:
+    """``(offset, end offset, line without its terminator)`` for every line of ``f`` that STARTS in
+    ``[start, end)`` (``end`` None: to the end of the file), the TextInputFormat rule: unless ``start`` is 0 (or
+    ``at_line_start``), the reader starts one byte early and drops everything up to the first line start
+    ``>= start`` (that line belongs to the range before); the last line is read to its end even past ``end``.
+    Lines end at ``\\n``, ``\\r\\n`` or ``\\r`` (``bytes.splitlines``); a last line without a terminator counts.
+    Reads ``[start - 1, end of the last line)`` and past that, at most max(256, the last line's length) bytes (the
+    reads after ``end`` start at 256 bytes and double)."""
+    pos = start
+    skip = False
+    if start > 0 and not at_line_start:
+        pos, skip = start - 1, True
+    f.seek(pos)
+    buf = b""  # unread bytes, starting at ``pos``
+    eof = False
+    tail = 256
+    while True:
+        if end is not None and pos >= end and not skip:
+            return
+        # read what the range needs, then (finishing its last line) small chunks; a long line is gathered
+        # chunk by chunk before it is split (no quadratic re-splitting)
+        parts, have = [buf], len(buf)
+        while True:
+            rest = _JSONL_CHUNK if end is None else end - pos - have
+            if rest > 0:
+                want = min(_JSONL_CHUNK, rest)
+            else:  # finishing the last line: small reads, doubling (a long line costs few reads)
+                want, tail = tail, min(2 * tail, _JSONL_CHUNK)
+            chunk = f.read(want)
+            if not chunk:
+                eof = True
+                break
+            parts.append(chunk)
+            have += len(chunk)
+            if b"\n" in chunk or b"\r" in chunk[:-1]:
+                break
+        buf = b"".join(parts)
+        if not buf:
+            return
+        lines = buf.splitlines(keepends=True)
+        # the last piece may be incomplete (no terminator yet, or a \r whose \n is in the next chunk)
+        last = lines[-1]
+        keep_last = not eof and (last.endswith(b"\r") or not last.endswith(b"\n"))
+        for piece in (lines[:-1] if keep_last else lines):
+            if skip:
+                skip = False  # the tail of a line that started before ``start``
+            elif end is not None and pos >= end:
+                return
+            else:
+                yield pos, pos + len(piece), piece.rstrip(b"\r\n")
+            pos += len(piece)
+        buf = last if keep_last else b""
+        if eof and not buf:
+            return
+
+
+def is_blank(raw: bytes) -> bool:
+    """Whether a manifest line holds nothing (it is skipped, and is no sample)."""
+    return not decode_caption(raw)[0].strip()
+
+
+class _LineNumbers:
+    """Line numbers of a range read (1-based, empty lines counted, as an editor shows them); the lines before the
+    range are counted only when a number is asked for (an error, a warning), by reading them once."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.base_at: int | None = None  # offset of the first line read
+        self.base: int | None = None  # lines before it
+        self.seen = 0  # lines read since (empty ones included)
+
+    def number(self) -> int:
+        """The number of the line read last."""
+        if self.base is None:
+            if self.base_at == 0:
+                self.base = 0
+            else:
+                with _open_bin(self.path) as f:
+                    self.base = _count_lines(f, self.base_at or 0)
+        return self.base + self.seen
+
+
 class JsonlSource(DataSource):
     """A JSONL manifest: one object per line with id, image, caption (and optional short_caption).
 
-    ``image`` is a path relative to the manifest, an absolute path, or an fsspec URL."""
+    ``image`` is a path relative to the manifest, an absolute path, or an fsspec URL. The manifest is read line by
+    line through fsspec; :meth:`read_range` reads only the lines that start in a byte range (how scoring splits a
+    manifest across ranks and workers without any of them reading the whole file)."""
 
     name = "jsonl"
 
@@ -263,49 +383,104 @@ class JsonlSource(DataSource):
     def __init__(self, config):
         super().__init__(config)
         self._rows: list[dict] | None = None
+        self._size: int | None = None
+        self._len: int | None = None
 
     def _base(self) -> str:
         p = self.config.path
         return p.rsplit("/", 1)[0] if _is_url(p) else os.path.dirname(os.path.abspath(p))
 
-    def rows(self) -> list[dict]:
-        if self._rows is not None:
-            return self._rows
-        path = self.config.path
-        try:
-            if _is_url(path):
-                import fsspec
+    def _fail_open(self, exc: Exception) -> MiroError:
+        return MiroError(f"Cannot read JSONL manifest {self.config.path}: {exc}. Pass an existing .jsonl file.")
 
-                with fsspec.open(path, "rb") as f:
-                    raw_lines = f.read().splitlines()
-            else:
-                with open(path, "rb") as f:
-                    raw_lines = f.read().splitlines()
-        except (OSError, ValueError) as exc:
-            raise MiroError(f"Cannot read JSONL manifest {path}: {exc}. Pass an existing .jsonl file.") from exc
-        rows, seen = [], set()
-        for n, raw in enumerate(raw_lines, 1):
-            line, problem = decode_caption(raw)  # a stray non-UTF-8 byte spoils one line, not the manifest
-            if not line.strip():
-                continue
+    def size(self) -> int:
+        """The manifest's size in bytes (a metadata call, nothing is read)."""
+        if self._size is None:
             try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise MiroError(f"{path}:{n}: not valid JSON ({exc}). Each line must be one JSON object.") from exc
-            if not isinstance(row, dict) or not all(k in row for k in ("id", "image", "caption")):
-                raise MiroError(f"{path}:{n}: each line needs the keys 'id', 'image' and 'caption' (got {line[:120]!r}).")
-            if problem:
-                row = {**row, "caption_error": f"line {n} of the manifest is {problem}"}
-            if str(row["id"]) in seen:
-                log.warning("%s:%d: duplicate id %r; the first is scored, this one is recorded as rejected",
-                            path, n, row["id"])
-            seen.add(str(row["id"]))
-            rows.append(row)
-        self._rows = rows
-        return rows
+                self._size = _file_size(self.config.path)
+            except (OSError, ValueError) as exc:
+                raise self._fail_open(exc) from exc
+        return self._size
+
+    def open(self):
+        try:
+            return _open_bin(self.config.path)
+        except (OSError, ValueError) as exc:
+            raise self._fail_open(exc) from exc
+
+    def _parse(self, raw: bytes, numbers: _LineNumbers) -> dict | None:
+        """One line -> its row (None for an empty line); a bad line raises with its line number."""
+        path = self.config.path
+        line, problem = decode_caption(raw)  # a stray non-UTF-8 byte spoils one line, not the manifest
+        if not line.strip():
+            return None
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise MiroError(f"{path}:{numbers.number()}: not valid JSON ({exc}). Each line must be one JSON "
+                            "object.") from exc
+        if not isinstance(row, dict) or not all(k in row for k in ("id", "image", "caption")):
+            raise MiroError(f"{path}:{numbers.number()}: each line needs the keys 'id', 'image' and 'caption' "
+                            f"(got {line[:120]!r}).")
+        if problem:
+            row = {**row, "caption_error": f"line {numbers.number()} of the manifest is {problem}"}
+        return row
+
+    def read_rows(self, start: int = 0, end: int | None = None, *, at_line_start: bool = False,
+                  warn_duplicates: bool = True, keep: Any = None, f: Any = None) -> Iterator[tuple[int, int, dict | None]]:
+        """``(offset, end offset, row)`` for every non-empty line that starts in ``[start, end)`` (module
+        :func:`iter_lines`), in file order. With ``keep`` (a callable of the line's index among the non-empty
+        lines read) a line not kept is not parsed (its row is None). A repeated id is warned about (among
+        the lines this call reads)."""
+        own = f is None
+        f = self.open() if own else f
+        numbers = _LineNumbers(self.config.path)
+        seen: set[str] = set()
+        j = 0
+        try:
+            for off, stop, raw in iter_lines(f, start, end, at_line_start=at_line_start):
+                if numbers.base_at is None:
+                    numbers.base_at = off
+                numbers.seen += 1
+                if keep is not None and not keep(j):
+                    if not is_blank(raw):  # not parsed
+                        yield off, stop, None
+                        j += 1
+                    continue
+                row = self._parse(raw, numbers)
+                if row is None:
+                    continue
+                if warn_duplicates:
+                    sid = str(row["id"])
+                    if sid in seen:
+                        log.warning("%s:%d: duplicate id %r; the first is scored, this one is recorded as rejected",
+                                    self.config.path, numbers.number(), row["id"])
+                    seen.add(sid)
+                yield off, stop, row
+                j += 1
+        except OSError as exc:
+            raise self._fail_open(exc) from exc
+        finally:
+            if own:
+                f.close()
+
+    def read_range(self, start: int = 0, end: int | None = None) -> Iterator[Sample]:
+        """The samples of the lines that start in the byte range ``[start, end)`` (no other line is read)."""
+        for _, _, row in self.read_rows(start, end):
+            yield self._sample(row)
+
+    def rows(self) -> list[dict]:
+        """Every row of the manifest (read whole once and kept; a streaming reader does not need this)."""
+        if self._rows is None:
+            self._rows = [row for _, _, row in self.read_rows()]
+            self._len = len(self._rows)
+        return self._rows
 
     def __len__(self) -> int:
-        return len(self.rows())
+        """The number of samples (a full read of the manifest, done once)."""
+        if self._len is None:
+            self._len = sum(1 for _ in self.read_rows(warn_duplicates=False))
+        return self._len
 
     def _resolve(self, image: str) -> str:
         if _is_url(image) or os.path.isabs(image):
@@ -328,10 +503,13 @@ class JsonlSource(DataSource):
                       short_caption=None if short is None else str(short), meta=extra)
 
     def __iter__(self) -> Iterator[Sample]:
-        for row in self.rows():
-            yield self._sample(row)
+        if self._rows is not None:
+            yield from (self._sample(row) for row in self._rows)
+        else:  # streamed: memory does not grow with the manifest
+            yield from self.read_range(0, None)
 
     def iter_samples(self, rank: int = 0, world_size: int = 1) -> Iterator[Sample]:
+        # strided positions need the whole manifest: read once and kept (a contiguous share: read_range)
         for row in self.rows()[rank::world_size]:
             yield self._sample(row)
 
