@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import struct
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -104,6 +105,30 @@ def _write_atomic(fs: Any, path: str, data: bytes) -> None:
         if fs.exists(tmp):
             fs.rm(tmp)
         raise
+
+
+_TMP_RE = re.compile(r"^(?:shard-(\d+)|(empty))\.safetensors\.tmp-[0-9a-f]{8}$")
+
+
+def _remove_stale_temporaries(fs: Any, root: str, rank: int, world_size: int) -> None:
+    """Delete the temporary files a killed encode left behind (``shard-K.safetensors.tmp-*``), for the units this
+    rank owns (no other rank writes them now) and, on rank 0, of ``empty.safetensors``. One listing of the folder.
+    The header's temporaries are left alone: another rank may be writing one right now."""
+    try:
+        names = [str(n).rstrip("/").rsplit("/", 1)[-1] for n in fs.ls(root, detail=False)]
+    except (FileNotFoundError, OSError):
+        return
+    for name in names:
+        m = _TMP_RE.match(name)
+        if m is None:
+            continue
+        mine = (int(m.group(1)) % world_size == rank) if m.group(1) is not None else rank == 0
+        if mine:
+            try:
+                fs.rm(_join(root, name))
+                log.info("removed %s, left behind by an encode that was killed", _join(root, name))
+            except FileNotFoundError:
+                pass
 
 
 def _read_header(fs: Any, path: str) -> dict[str, Any]:
@@ -195,6 +220,7 @@ def encode_dataset(source: Any, url: str, text_encoder: Any, autoencoder: Any, *
         _write_atomic(fs, header_path, json.dumps(header, indent=2, sort_keys=True).encode())
     torch_dtype = _DTYPES[dtype]
     done = {"units": units, "encoded": 0, "skipped": 0, "rows": 0}
+    _remove_stale_temporaries(fs, root, rank, world_size)
     with torch.no_grad():
         if rank == 0 and not fs.exists(_join(root, "empty.safetensors")):
             tok, msk = text_encoder.encode([""])
