@@ -1,7 +1,8 @@
 """``miro encode`` under a 2-rank ``torchrun`` on world shards, killed with SIGKILL mid-way (ranks and launcher) and
 run again: the encoded dataset equals an uninterrupted run's (same files, same tensors bit for bit, same headers),
 the resume encodes only the shards the kill left missing, each once, and removes the temporary file of the shard
-that was being written when the kill landed."""
+that was being written when the kill landed. And a JSONL manifest is encoded in byte-range units (each rank reads
+about its share of it), an encode begun with the old strided units resuming with them."""
 
 from __future__ import annotations
 
@@ -165,3 +166,108 @@ def test_kill9_a_torchrun_encode_then_resume_equals_uninterrupted(world, tmp_pat
         assert ha == hb, name
     ids = [i for name in _shards(out) for i in json.loads(_read_header(fs, str(out / name))["__metadata__"]["ids"])]
     assert len(ids) == len(set(ids)) == SHARDS * PER  # every sample once
+
+
+# ------------------------------------------------------------------------- a JSONL manifest: byte-range units
+def _jsonl(tmp_path, n=400) -> str:
+    sys.path.insert(0, str(TESTS))
+    import test_scoring_helpers as helpers
+
+    (tmp_path / "img").mkdir()
+    for i, arr in enumerate(helpers.make_images(3)):
+        (tmp_path / "img" / f"{i}.png").write_bytes(helpers.png_bytes(arr))
+    lines = [json.dumps({"id": f"j{i:03d}", "image": f"img/{i % 3}.png", "caption": f"caption {i} é"},
+                        ensure_ascii=False) for i in range(n)]
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(("\n".join(lines[:200]) + "\r\n\n" + "\r\n".join(lines[200:])).encode())
+    return str(path)
+
+
+def _encode_jsonl(path, out, rank, world, rows=40, wrap=lambda src: src):
+    from miro_core import registry
+    from miro_core.data.sources import JsonlSource
+    from miro_core.training.encoded import encode_dataset
+
+    te = registry("text_encoders").create("hash_text", {})
+    ae = registry("autoencoders").create("pixel", {})
+    te.setup("cpu")
+    ae.setup("cpu")
+    return encode_dataset(wrap(JsonlSource(JsonlSource.Config(path=path))), str(out), te, ae, data_spec=path,
+                          text_encoder_spec={"name": "hash_text"}, autoencoder_spec={"name": "pixel"}, image_size=8,
+                          rank=rank, world_size=world, shard_rows=rows, batch_size=4)
+
+
+def test_a_jsonl_manifest_is_encoded_in_byte_range_units_each_rank_reading_its_own(tmp_path, monkeypatch):
+    """Units of a manifest are byte ranges: the shards in unit order hold its samples in file order, once each,
+    and a rank reads about its share of the manifest (plus the probe of its start); an encode begun with the old
+    strided units (a header without ``layout``) resumes with them."""
+    import fsspec
+
+    from miro_core.data import sources
+    from miro_core.data.sources import JsonlSource
+    import miro_core.training.encoded as enc
+
+    path = _jsonl(tmp_path)
+    size = os.path.getsize(path)
+    ids = [s.id for s in JsonlSource(JsonlSource.Config(path=path))]
+    monkeypatch.setattr(enc, "_JSONL_PROBE", 600)  # the probe of the manifest's start: a few lines
+    reads: dict = {}
+    real = sources._open_bin
+
+    class Counting:
+        def __init__(self, f, rank):
+            self.f, self.rank = f, rank
+
+        def read(self, n=-1):
+            b = self.f.read(n)
+            reads[self.rank] = reads.get(self.rank, 0) + len(b)
+            return b
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    out = tmp_path / "enc"
+    for rank in (1, 0):
+        monkeypatch.setattr(sources, "_open_bin", lambda p, rank=rank: Counting(real(p), rank))
+        res = _encode_jsonl(path, out, rank, 2)
+        assert res["encoded"] == res["units"] // 2 + (rank == 0 and res["units"] % 2)
+        # its units' bytes (about half), the probe, and per unit the line before it and the end of its last line
+        mine = res["encoded"]
+        assert reads[rank] < size * mine / res["units"] + 600 + mine * 400, (rank, reads[rank], size, res)
+        assert reads[rank] < 0.7 * size
+    header = open_encoded(str(out))
+    assert header.meta["layout"] == "bytes" and header.units == res["units"] >= 4
+    fs = fsspec.filesystem("file")
+    got = [i for k in range(header.units)
+           for i in json.loads(enc._read_header(fs, str(out / header.shard_name(k)))["__metadata__"]["ids"])]
+    assert got == ids  # file order, each sample once
+    assert _encode_jsonl(path, out, 0, 1)["encoded"] == 0  # complete: nothing again
+
+    # an encode made before byte ranges (no "layout"): resumed with its strided units, as it was begun
+    old = tmp_path / "old"
+    monkeypatch.setattr(sources, "_open_bin", real)
+    units = -(-len(ids) // 40)
+
+    class Before:  # the manifest as encode saw it before byte ranges: a length and strided positions
+        def __init__(self, src):
+            self.src = src
+
+        def __len__(self):
+            return len(self.src)
+
+        def iter_samples(self, k, n):
+            return self.src.iter_samples(k, n)
+
+    _encode_jsonl(path, old, 0, 1, wrap=Before)
+    meta = json.loads((old / "encoded.json").read_text())
+    assert "layout" not in meta and meta["units"] == units
+    (old / header.shard_name(1)).unlink()
+    assert _encode_jsonl(path, old, 0, 1) == {"units": units, "encoded": 1, "skipped": units - 1, "rows": 40}
+    first = json.loads(enc._read_header(fs, str(old / header.shard_name(1)))["__metadata__"]["ids"])
+    assert first == ids[1::units]

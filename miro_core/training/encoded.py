@@ -8,9 +8,12 @@
                             safetensors metadata
     empty.safetensors       the text encoder's output for "" (caption dropout, text-dropping guidance)
 
-A *unit* of the source is one webdataset shard (tar URL), or for other sources the samples ``i`` with
-``i % units == k`` (``DataSource.iter_samples(k, units)``, cheap for the world, image folders and JSONL
-manifests), ``units = ceil(len(source) / shard_rows)``. Rank ``r`` of ``W`` encodes the units ``k % W == r``;
+A *unit* of the source is one webdataset shard (tar URL); for a JSONL manifest the lines that start in the byte
+range ``[S k / units, S (k + 1) / units)`` of its ``S`` bytes (``units = ceil(S / (shard_rows * bytes per line))``,
+the bytes per line measured on the manifest's first MiB; the header says ``"layout": "bytes"``: no rank reads the
+whole manifest; an encode begun before byte ranges, without that field, is resumed with its old layout); for other
+sources the samples ``i`` with ``i % units == k`` (``DataSource.iter_samples(k, units)``, cheap for the world and
+image folders), ``units = ceil(len(source) / shard_rows)``. Rank ``r`` of ``W`` encodes the units ``k % W == r``;
 each shard is written to a temporary name and renamed, so a killed encode resumes with the shards it finished
 (nothing is re-encoded, nothing is partial).
 
@@ -67,13 +70,30 @@ def encoded_key(data_spec: str, text_encoder_spec: Any, autoencoder_spec: Any, i
 # ---------------------------------------------------------------------------------------------------
 # Units of a source
 # ---------------------------------------------------------------------------------------------------
-def source_units(source: Any, shard_rows: int) -> tuple[int, Callable[[int], Iterator[Any]]]:
-    """``(number of units, unit -> iterator of samples)`` (see the module doc)."""
+#: bytes of a JSONL manifest's start read to estimate its bytes per line (how many byte-range units it gets)
+_JSONL_PROBE = 1 << 20
+
+
+def source_units(source: Any, shard_rows: int, layout: str | None = None
+                 ) -> tuple[int, Callable[[int], Iterator[Any]]]:
+    """``(number of units, unit -> iterator of samples)`` (see the module doc). ``layout`` (a JSONL manifest):
+    ``"bytes"`` for byte-range units, ``"strided"`` for the positions ``i % units == k`` (encodes made before
+    byte ranges)."""
     urls = getattr(source, "urls", None)
     if urls:
         from .._plugins import registry
 
         return len(urls), lambda k: iter(registry("data_sources").create("webdataset", {"url": urls[k]}))
+    from ..data.sources import JsonlSource
+
+    if isinstance(source, JsonlSource) and layout != "strided":
+        size = source.size()
+        n = end = 0
+        for _, stop, _ in source.read_rows(0, min(size, _JSONL_PROBE), warn_duplicates=False):
+            n, end = n + 1, stop
+        per_line = end / n if n else max(size, 1)
+        units = max(1, math.ceil(size / (max(1, int(shard_rows)) * per_line)))
+        return units, lambda k: source.read_range(size * k // units, size * (k + 1) // units)
     try:
         n = len(source)
     except TypeError:
@@ -205,14 +225,21 @@ def encode_dataset(source: Any, url: str, text_encoder: Any, autoencoder: Any, *
     fs, root = _fs(url)
     fs.makedirs(root, exist_ok=True)
     key = encoded_key(data_spec, text_encoder_spec, autoencoder_spec, image_size, dtype)
-    units, unit_iter = source_units(source, shard_rows)
     header_path = _join(root, "encoded.json")
+    old = json.loads(fs.cat_file(header_path)) if fs.exists(header_path) else None
+    from ..data.sources import JsonlSource
+
+    layout = None
+    if isinstance(source, JsonlSource):  # byte ranges, unless resuming an encode made before them
+        layout = "strided" if old is not None and "layout" not in old else "bytes"
+    units, unit_iter = source_units(source, shard_rows, layout)
     header = {"format": ENCODED_FORMAT, "version": ENCODED_VERSION, "key": key, "units": units, "spec": data_spec,
               "text_encoder": _spec(text_encoder_spec), "autoencoder": _spec(autoencoder_spec),
               "image_size": int(image_size), "dtype": dtype,
               "latent_shape": list(autoencoder.latent_shape(image_size)), "text_dim": int(text_encoder.dim)}
-    if fs.exists(header_path):
-        old = json.loads(fs.cat_file(header_path))
+    if layout == "bytes":
+        header["layout"] = layout
+    if old is not None:
         if old.get("key") != key or int(old.get("units", -1)) != units:
             raise ConfigError(f"{url} holds an encoding of other data or other encoders (key {old.get('key')}, "
                               f"{old.get('units')} units; now {key}, {units} units). Use another --out, or delete it.")
