@@ -373,3 +373,20 @@ def test_two_ranks_under_torchrun_read_their_halves_and_write_the_table_of_one_p
         assert 0.4 < _nbytes(per_rank[r]) / size < 0.6, (r, per_rank[r])
         workers = [_merge([tuple(i) for o in opens if o[0] == r and o[1] == w for i in o[2]]) for w in (0, 1)]
         assert all(workers) and workers[0][-1][1] <= workers[1][0][0]  # disjoint, in order
+
+
+def test_pieces_of_another_split_replace_the_old_ones(tmp_path):
+    """One parts object split for 2, 3, 300, then 1 rank (3 workers each): each split's pieces give the file once (the ranges of
+    an earlier split do not shadow the new ones)."""
+    path = _write("local", tmp_path, _manifest(120))
+    whole = [s.id for s in JsonlSource(JsonlSource.Config(path=path))]
+    parts = source_parts(JsonlSource(JsonlSource.Config(path=path)))
+    for world in (2, 3, 300, 1):  # 300 ranges of ~30 bytes: their starts lie among the positions of one range
+        got = []
+        for r in range(world):
+            for piece in parts.rank_pieces(r, world):
+                mine = [s.id for s in parts.texts(piece)]
+                subs = [sub for w in range(3) for sub in parts.worker_pieces([piece], w, 3)]
+                assert [s.id for sub in subs for _, s in parts.samples(sub)] == mine
+                got += mine
+        assert got == whole, world

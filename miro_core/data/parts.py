@@ -93,6 +93,9 @@ class SourceParts:
         if self._spans is not None:  # a JSONL manifest: a byte range (``limit``: applied by the ids pass)
             size = self.source.size()
             a, b = size * rank // world_size, size * (rank + 1) // world_size
+            if getattr(self, "_spans_world", world_size) != world_size:
+                self._spans.clear()  # ranges of another split: they would overlap these
+            self._spans_world = world_size
             if b <= a:
                 return []
             if a not in self._spans or self._spans[a].b != b:
