@@ -45,6 +45,19 @@ def reward_table_stats(store_url: str, binner: str) -> dict[str, Any]:
     return out
 
 
+def _targets_text(e: Any) -> str:
+    """The reward targets of the main evaluation in words (``eval.positive_targets`` / ``negative_targets``)."""
+    def part(sign: str, targets: dict[str, float], default: float) -> str:
+        if not targets:
+            return f"s{sign} = {default:g} for every reward"
+        named = ", ".join(f"{r} {float(v):g}" for r, v in targets.items())
+        return f"s{sign}: {named}, {default:g} for the others"
+
+    if not e.positive_targets and not e.negative_targets:
+        return "s+ = 1, s- = 0 for every reward"
+    return f"{part('+', dict(e.positive_targets), 1.0)}; {part('-', dict(e.negative_targets), 0.0)}"
+
+
 def _headline(run: Any) -> str:
     models = run.metrics.get("models", {})
     if "miro" not in models or "baseline" not in models:
@@ -90,7 +103,7 @@ def write_report(run: Any, models: dict[str, tuple[str, ...]]) -> dict[str, Any]
         f"Data `{run.data_spec()}`; rewards {', '.join(f'`{r}`' for r in cfg.rewards) or '(none)'}; binner "
         f"`{cfg.binner}` with {cfg.bins} bins; backbone `{cfg.backbone}`; {cfg.steps} training steps at batch "
         f"{cfg.batch_size}, seed {cfg.seed}, device `{cfg.device}`. Sampling: {cfg.eval.num_steps} {cfg.eval.solver} "
-        f"steps, guidance scale {cfg.eval.guidance_scale} (`{cfg.eval.guidance}`: s+ = 1, s- = 0 for every reward; the "
+        f"steps, guidance scale {cfg.eval.guidance_scale} (`{cfg.eval.guidance}`: {_targets_text(cfg.eval)}; the "
         f"unconditioned baseline {'uses text CFG (empty caption in the negative branch)' if cfg.eval.baseline_text_cfg else 'is sampled without guidance'}). "
         f"Evaluation on {cfg.eval.num_prompts} held-out prompts. Resolved config: `config.json`; every number: `metrics.json`."
     )

@@ -31,6 +31,14 @@ class EvalConfig:
     guidance: str = "multi_reward_cfg"
     #: the unconditioned baseline has no reward branch; it gets text CFG (empty caption in the negative)
     baseline_text_cfg: bool = True
+    #: positive reward targets s+ of the reward-conditioned models' evaluation, sample grids, curves and
+    #: test-time scaling (rewards not named: 1.0). A model not trained on a named reward (single-reward,
+    #: leave-one-out) ignores that entry. Experiments that set targets themselves (controllability, trade-off)
+    #: keep their own. Example: ``--set eval.positive_targets.world_vividness=0.5``
+    positive_targets: dict[str, float] = attrs.field(factory=dict)
+    #: negative reward targets s- (rewards not named: 0.0), e.g. every reward at 1.0 for plain text CFG of the
+    #: reward-conditioned model (with ``guidance = "multi_reward_cfg_text_drop"``)
+    negative_targets: dict[str, float] = attrs.field(factory=dict)
     batch_size: int = 32
     seed: int = 1234
     #: run the compositional evaluator (``world_geneval`` when registered)
@@ -276,6 +284,16 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError(f"--steps {cfg.steps}: train for at least 1 step.")
     if not cfg.rewards and not cfg.baseline:
         raise ConfigError("No rewards and no baseline: nothing to train. Give --rewards or drop --no-baseline.")
+    for field in ("positive_targets", "negative_targets"):
+        for r, v in getattr(cfg.eval, field).items():
+            if r not in cfg.rewards:
+                raise ConfigError(f"eval.{field} names {r!r}, which is not in --rewards {list(cfg.rewards)}.")
+            try:
+                level = float(v)
+            except (TypeError, ValueError):
+                raise ConfigError(f"eval.{field}.{r} = {v!r}: a level must be a number in [0, 1].") from None
+            if not 0.0 <= level <= 1.0:
+                raise ConfigError(f"eval.{field}.{r} = {v!r}: a level must be in [0, 1] (1.0 = the best bin).")
     for r in cfg.experiments.controllability_rewards:
         if r not in cfg.rewards:
             raise ConfigError(f"experiments.controllability_rewards names {r!r}, which is not in --rewards {list(cfg.rewards)}.")

@@ -25,7 +25,7 @@ from typing import Any
 from miro_core import structure, unstructure
 
 from ._run_config import PRESETS, RunConfig, _deep_merge, parse_reward_list, resolve_config, validate_config
-from .suites._experiment import RunContext, cache_hash
+from .suites._experiment import RunContext, cache_hash, eval_key
 from .suites.convergence import curve_eval_fn, curve_key
 
 log = logging.getLogger("miro_eval.run")
@@ -261,7 +261,7 @@ class MiroRun(RunContext):
         for name in models:
             path = self.out / "samples" / f"{name}.png"
             stamp = self.out / "samples" / f"{name}.key"
-            key = cache_hash({"ckpt": self.checkpoint_id(name), "eval": unstructure(e)})
+            key = cache_hash({"ckpt": self.checkpoint_id(name), "eval": eval_key(e)})
             if path.exists() and stamp.exists() and stamp.read_text() == key:
                 continue
             pipe = self.pipeline(name)

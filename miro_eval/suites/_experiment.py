@@ -21,7 +21,7 @@ under its key, as in a ``miro-run`` ``metrics.json``, plus the flat ``metrics``)
 
 from __future__ import annotations
 
-__all__ = ["RunContext", "ExperimentSuite", "ExperimentOptions", "run_config", "main_metrics", "cache_hash"]
+__all__ = ["RunContext", "ExperimentSuite", "ExperimentOptions", "run_config", "main_metrics", "cache_hash", "eval_key", "own_targets"]
 
 import hashlib
 import json
@@ -42,6 +42,22 @@ log = logging.getLogger("miro_eval.run")
 def cache_hash(obj: Any) -> str:
     """The hash of a cache key (sorted JSON, sha256, 16 hex digits)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def eval_key(e: Any) -> dict[str, Any]:
+    """The evaluation config as it enters cache keys: ``unstructure(e)`` without the reward-target fields when they
+    are empty, so that results cached before those fields existed stay valid."""
+    out = unstructure(e)
+    for field in ("positive_targets", "negative_targets"):
+        if not out.get(field):
+            out.pop(field, None)
+    return out
+
+
+def own_targets(kw: dict[str, Any]) -> dict[str, Any]:
+    """Sampling kwargs without ``eval.positive_targets`` / ``negative_targets``, for the experiments that set the
+    reward targets themselves (controllability, trade-off)."""
+    return {k: v for k, v in kw.items() if k not in ("reward_targets", "negative_reward_targets")}
 
 
 def main_metrics(run: Any) -> list[str]:
@@ -181,8 +197,13 @@ class RunContext:
     def sampling_kwargs(self, pipe: Any, num_steps: int | None = None) -> dict[str, Any]:
         e = self.cfg.eval
         kw: dict[str, Any] = {"num_steps": int(num_steps or e.num_steps), "solver": e.solver, "guidance_scale": e.guidance_scale}
-        if getattr(pipe, "reward_names", ()):
+        names = tuple(getattr(pipe, "reward_names", ()))
+        if names:
             kw["guidance"] = e.guidance
+            for field, arg in (("positive_targets", "reward_targets"), ("negative_targets", "negative_reward_targets")):
+                targets = {r: float(v) for r, v in getattr(e, field).items() if r in names}
+                if targets:
+                    kw[arg] = targets
         elif e.baseline_text_cfg:
             kw["guidance"] = "multi_reward_cfg"
             kw["drop_text_in_negative"] = True
@@ -259,7 +280,7 @@ class RunContext:
     def evaluate_model(self, name: str) -> dict[str, float]:
         """Rewards on the evaluation prompts + the compositional evaluator (cached per checkpoint)."""
         e = self.cfg.eval
-        key = {"ckpt": self.checkpoint_id(name), "eval": unstructure(e), "rewards": self.eval_reward_names}
+        key = {"ckpt": self.checkpoint_id(name), "eval": eval_key(e), "rewards": self.eval_reward_names}
 
         def compute():
             pipe = self.pipeline(name)

@@ -16,10 +16,10 @@ __all__ = ["ControllabilitySweepSuite"]
 
 from typing import Any
 
-from miro_core import hookimpl, unstructure
+from miro_core import hookimpl
 
 from ..report import format_value
-from ._experiment import ExperimentSuite
+from ._experiment import ExperimentSuite, eval_key, own_targets
 
 
 class ControllabilitySweepSuite(ExperimentSuite):
@@ -46,13 +46,13 @@ class ControllabilitySweepSuite(ExperimentSuite):
         bar = run.progress.bar(len(targets), "controllability sweep")
         for r in targets:
             key = {"ckpt": run.checkpoint_id("miro"), "r": r, "levels": list(ex.controllability_levels), "n": len(prompts),
-                   "eval": unstructure(e), "rewards": run.eval_reward_names}
+                   "eval": eval_key(e), "rewards": run.eval_reward_names}
 
             def compute(r=r):
                 pipe = run.pipeline("miro")
                 return controllability_sweep(pipe, pipe.reward_names, r, prompts, run.reward_models,
                                              levels=ex.controllability_levels, batch_size=e.batch_size, seed=e.seed,
-                                             **run.sampling_kwargs(pipe))
+                                             **own_targets(run.sampling_kwargs(pipe)))
 
             res = run._cached(f"experiments/controllability_{r}.json", key, compute)
             res["plot"] = str(plot_sweep(res["levels"], res["means"], run.path("plots", f"controllability_{r}.png"),

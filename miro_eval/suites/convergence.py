@@ -22,7 +22,9 @@ def curve_key(run: Any) -> dict[str, Any]:
     e = run.cfg.eval
     return {"every": e.eval_every, "n": e.curve_prompts, "steps": e.curve_num_steps, "geneval": e.curve_geneval,
             "rewards": run.eval_reward_names, "scale": e.guidance_scale, "seed": e.seed, "guidance": e.guidance,
-            "baseline_text_cfg": e.baseline_text_cfg, "solver": e.solver}
+            "baseline_text_cfg": e.baseline_text_cfg, "solver": e.solver,
+            # only when set, so that the keys (and models) of runs without targets stay what they were
+            **{f: dict(getattr(e, f)) for f in ("positive_targets", "negative_targets") if getattr(e, f)}}
 
 
 def curve_eval_fn(run: Any):

@@ -16,9 +16,9 @@ __all__ = ["GuidanceSweepSuite", "sweep_kwargs"]
 
 from typing import Any
 
-from miro_core import hookimpl, unstructure
+from miro_core import hookimpl
 
-from ._experiment import ExperimentSuite, main_metrics
+from ._experiment import ExperimentSuite, eval_key, main_metrics
 
 
 def sweep_kwargs(run: Any, pipe: Any, variant: str, scale: float) -> dict[str, Any]:
@@ -31,8 +31,9 @@ def sweep_kwargs(run: Any, pipe: Any, variant: str, scale: float) -> dict[str, A
         return kw
     kw.pop("drop_text_in_negative", None)
     if variant == "text_cfg":  # rewards held at s+ in both branches: only the caption is contrasted
+        pos = kw.get("reward_targets", {})
         kw.update(guidance="multi_reward_cfg", drop_text_in_negative=True,
-                  negative_reward_targets={r: 1.0 for r in names})
+                  negative_reward_targets={r: float(pos.get(r, 1.0)) for r in names})
     else:
         kw["guidance"] = variant
     return kw
@@ -73,7 +74,7 @@ class GuidanceSweepSuite(ExperimentSuite):
         points: dict[tuple[str, str, float], dict[str, float]] = {}
         bar = run.progress.bar(len(todo), "guidance sweep")
         for m, vkey, w in todo:
-            key = {"ckpt": run.checkpoint_id(m), "variant": vkey, "scale": w, "eval": unstructure(e),
+            key = {"ckpt": run.checkpoint_id(m), "variant": vkey, "scale": w, "eval": eval_key(e),
                    "rewards": run.eval_reward_names, "prompts": e.num_prompts}
 
             def compute(m=m, vkey=vkey, w=w):

@@ -17,9 +17,9 @@ __all__ = ["TestTimeScalingSuite", "sample_efficiency"]
 
 from typing import Any
 
-from miro_core import hookimpl, unstructure
+from miro_core import hookimpl
 
-from ._experiment import ExperimentSuite
+from ._experiment import ExperimentSuite, eval_key
 
 
 def sample_efficiency(results: dict[str, dict[int, dict[str, float]]], metrics: list[str], ns: list[int],
@@ -64,7 +64,7 @@ class TestTimeScalingSuite(ExperimentSuite):
         results: dict[str, Any] = {}
         bar = run.progress.bar(len(names), f"best-of-N (selected by {selection})")
         for m in names:
-            key = {"ckpt": run.checkpoint_id(m), "sel": selection, "k": ex.tts_max_log2, "n": len(prompts), "eval": unstructure(e),
+            key = {"ckpt": run.checkpoint_id(m), "sel": selection, "k": ex.tts_max_log2, "n": len(prompts), "eval": eval_key(e),
                    "rewards": run.eval_reward_names, "comp": comp}
 
             def compute(m=m):

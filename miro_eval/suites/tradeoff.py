@@ -13,9 +13,9 @@ __all__ = ["TradeoffSuite"]
 
 from typing import Any
 
-from miro_core import hookimpl, unstructure
+from miro_core import hookimpl
 
-from ._experiment import ExperimentSuite
+from ._experiment import ExperimentSuite, eval_key, own_targets
 
 
 class TradeoffSuite(ExperimentSuite):
@@ -40,12 +40,12 @@ class TradeoffSuite(ExperimentSuite):
         e = run.cfg.eval
         a, b = rewards[0], rewards[-1]
         prompts = run.prompts("controllability", run.cfg.experiments.controllability_prompts)
-        key = {"ckpt": run.checkpoint_id("miro"), "a": a, "b": b, "n": len(prompts), "eval": unstructure(e), "rewards": run.eval_reward_names}
+        key = {"ckpt": run.checkpoint_id("miro"), "a": a, "b": b, "n": len(prompts), "eval": eval_key(e), "rewards": run.eval_reward_names}
 
         def compute():
             pipe = run.pipeline("miro")
             return pairwise_sweep(pipe, pipe.reward_names, a, b, prompts, run.reward_models, batch_size=e.batch_size,
-                                  seed=e.seed, **run.sampling_kwargs(pipe))
+                                  seed=e.seed, **own_targets(run.sampling_kwargs(pipe)))
 
         res = run._cached("experiments/tradeoff.json", key, compute)
         res["plot"] = str(plot_sweep(res["t"], res["means"], run.path("plots", "tradeoff.png"),

@@ -23,7 +23,7 @@ from miro_core import ConfigError, Suite, config, hookimpl, unstructure
 
 from ._generation import CachedGenerate
 from ._base import suite_source
-from ._experiment import RunContext, run_config
+from ._experiment import RunContext, eval_key, run_config
 
 
 def world_run_config(run_dir: str | None, preset: str, overrides: dict[str, Any]):
@@ -58,7 +58,7 @@ class WorldSuite(Suite):
         t0 = time.perf_counter()
         run = RunContext(cfg, out, progress=False)
         kwargs = run.sampling_kwargs(pipeline)
-        gen = CachedGenerate(pipeline, out / "cache", stamp={"eval": unstructure(cfg.eval), "data": run.data_spec(),
+        gen = CachedGenerate(pipeline, out / "cache", stamp={"eval": eval_key(cfg.eval), "data": run.data_spec(),
                                                              "sampling": kwargs})
         bar = progress(2 if run.geneval_enabled() else 1, "world") if progress else None
         metrics = run.measure(gen, kwargs, bar=bar)
