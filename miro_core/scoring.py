@@ -40,9 +40,11 @@ from __future__ import annotations
 
 __all__ = ["score_dataset", "DecodedBatches", "auto_workers"]
 
+import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -291,26 +293,109 @@ def _reward_provenance(reward: Reward) -> dict[str, Any]:
     return meta
 
 
-def _read_texts(parts, pieces, limit: int | None) -> dict[str, Any]:
-    """This rank's ids pass: ids and captions of its pieces (no image is decoded or, for local shards, read).
+#: rows / text bytes per block of the store-preparation passes (spool writes, store writes)
+_PREP_BLOCK = 4096
+_PREP_BYTES = 1 << 20
+_REJECT_EXAMPLES = 20
 
-    Returns ``{"pieces": [(ids, captions, short captions)] per piece, "problems": [(where, why)]}``; with
+
+def _spool(store_url: str, job: str):
+    """``(filesystem, folder)`` of one job's ids-pass spool: ``<store>/.miro-spool/<job>/`` (plain files, not
+    zarr nodes; ``job`` is a random token rank 0 draws, so concurrent jobs on one store do not meet)."""
+    import fsspec
+
+    from .store import local_path
+
+    lp = local_path(store_url)
+    if lp is not None:
+        return fsspec.filesystem("file"), os.path.join(lp, ".miro-spool", job)
+    fs, root = fsspec.core.url_to_fs(store_url)
+    return fs, root.rstrip("/") + "/.miro-spool/" + job
+
+
+def _remove_spool(store_url: str, job: str) -> None:
+    fs, root = _spool(store_url, job)
+    try:
+        if fs.exists(root):
+            fs.rm(root, recursive=True)
+        parent = root.rsplit("/", 1)[0] if "/" in root else None
+        if parent and fs.exists(parent) and not fs.ls(parent):
+            fs.rm(parent, recursive=True)
+    except OSError:  # pragma: no cover - best effort
+        log.debug("could not remove the spool %s", root)
+
+
+def _discard_spool(store_url: str, job: str) -> None:
+    """Remove the spool after a failed ids pass, and the store folder too if the spool was all it held."""
+    from .store import local_path
+
+    _remove_spool(store_url, job)
+    lp = local_path(store_url)
+    try:
+        if lp is not None and os.path.isdir(lp) and not os.listdir(lp):
+            os.rmdir(lp)
+    except OSError:  # pragma: no cover - best effort
+        pass
+
+
+def _spool_file(fs, root: str, rank: int) -> str:
+    return f"{root}/r{int(rank)}.jsonl"
+
+
+def _read_texts(parts, pieces, limit: int | None, store_url: str, job: str, rank: int) -> dict[str, Any]:
+    """This rank's ids pass over its pieces: no image is decoded (or, for local shards, read).
+
+    The ids and captions go, one JSON line per sample, to this rank's spool file in the store folder (rank 0
+    copies the new rows from there, block by block); what comes back is small: per piece the number of samples,
+    the 64-bit hash of each id and which ids are unusable, plus the first unusable ids as examples. With
     ``limit`` (one process, or a source cut into slices) it stops after ``limit`` samples."""
-    out = []
+    from .store import hash_ids
+
+    from .store import _to_store
+
+    _to_store(store_url, "w")  # a clear error for an unwritable --store location, before any data is read
+    fs, root = _spool(store_url, job)
+    try:
+        fs.makedirs(root, exist_ok=True)
+    except OSError as exc:
+        raise MiroError(f"Cannot write the ids-pass spool {root} in the store location: {exc}. Pass a writable "
+                        "--store location.") from exc
+    path = _spool_file(fs, root, rank)
+    out, examples = [], []
+    have_short = False
     n = 0
-    for piece in pieces:
-        ids, caps, shorts = [], [], []
-        if limit is None or n < limit:
-            for s in parts.texts(piece):
-                ids.append(str(s.id))
-                caps.append(_store_text(s.caption or ""))
-                shorts.append(_store_text(s.short_caption))
-                n += 1
-                if limit is not None and n >= limit:
-                    break
-        out.append((ids, caps, shorts))
+    with fs.open(path + ".tmp", "wb") as f:
+        for piece in pieces:
+            ids, bad, hashes, count = [], bytearray(), [], 0  # ids of the current block only: hashed per block
+            if limit is None or n < limit:
+                lines, nbytes = [], 0
+                for s in parts.texts(piece):
+                    sid = str(s.id)
+                    short = _store_text(s.short_caption)
+                    have_short = have_short or short is not None
+                    why = _id_problem(sid)
+                    if why is not None and len(examples) < _REJECT_EXAMPLES:
+                        examples.append((len(out), count, sid, why))
+                    bad.append(why is not None)  # 1 byte a sample
+                    ids.append(sid if why is None else "")
+                    lines.append(json.dumps([sid, _store_text(s.caption or ""), short]))
+                    nbytes += len(lines[-1])
+                    n += 1
+                    count += 1
+                    if len(lines) >= _PREP_BLOCK or nbytes >= _PREP_BYTES:
+                        f.write(("\n".join(lines) + "\n").encode("ascii"))
+                        hashes.append(hash_ids(ids))
+                        lines, ids, nbytes = [], [], 0
+                    if limit is not None and n >= limit:
+                        break
+                if lines:
+                    f.write(("\n".join(lines) + "\n").encode("ascii"))
+                    hashes.append(hash_ids(ids))
+            out.append((count, np.concatenate(hashes) if hashes else np.zeros(0, np.uint64),
+                        np.frombuffer(bytes(bad), dtype=np.uint8).astype(bool)))
+    fs.mv(path + ".tmp", path)
     problems = [(str(w), str(y)) for w, y in list(getattr(parts.source, "problems", None) or [])]
-    return {"pieces": out, "problems": problems}
+    return {"pieces": out, "problems": problems, "examples": examples, "short": have_short}
 
 
 def _global_order(parts, shares: list[list], texts: list[dict]) -> list[tuple[int, int]]:
@@ -321,65 +406,161 @@ def _global_order(parts, shares: list[list], texts: list[dict]) -> list[tuple[in
     return order
 
 
-def _prepare_store(store_url, parts, shares, texts, rewards, limit, chunk_rows, job_config):
+class _SpoolReader:
+    """Rank 0's sequential read of the ranks' spool files in the source's order (one open file per rank)."""
+
+    def __init__(self, store_url: str, job: str, order: list[tuple[int, int]], lengths: dict[tuple[int, int], int]):
+        self.store_url, self.job = store_url, job
+        self.fs, self.root = _spool(store_url, job)
+        self.order, self.lengths = order, lengths
+
+    def lines(self, limit_total: int):
+        """``(global position, [id, caption, short])`` for the first ``limit_total`` positions."""
+        files: dict[int, Any] = {}
+        last: dict[int, int] = {}
+        pos = 0
+        try:
+            for r, i in self.order:
+                if last.get(r, -1) > i:
+                    raise MiroError("internal: spool pieces out of order")  # pragma: no cover - order is sorted
+                last[r] = i
+                n = self.lengths[(r, i)]
+                if n == 0 or pos >= limit_total:
+                    pos += n
+                    continue
+                f = files.get(r)
+                if f is None:
+                    f = files[r] = self.fs.open(_spool_file(self.fs, self.root, r), "rb")
+                for _ in range(n):
+                    line = f.readline()
+                    if not line:
+                        raise MiroError(f"The ids-pass spool of rank {r} ({self.root}) ends early; rerun the job.")
+                    if pos < limit_total:
+                        yield pos, json.loads(line)
+                    pos += 1
+        finally:
+            for f in files.values():
+                f.close()
+
+    def remove(self) -> None:
+        _remove_spool(self.store_url, self.job)
+
+
+def _prepare_store(store_url, job, parts, shares, texts, rewards, limit, chunk_rows, job_config):
     """Rank 0: create/extend the rows (in the source's order), create/check the reward columns, record the job.
 
-    ``shares[r]``: the pieces of rank ``r``; ``texts[r]``: its ids pass (:func:`_read_texts`). Returns the store
-    and, per rank, the store row of each position of each of its pieces (-1: no row)."""
-    from .store import DEFAULT_CHUNK_ROWS, RewardStore
+    ``shares[r]``: the pieces of rank ``r``; ``texts[r]``: its ids pass (:func:`_read_texts`). Memory: about 40
+    bytes per sample (hashes, flags, rows) and one block of ids and captions; the new rows are copied from the
+    ranks' spool files into the store block by block. Returns the store and, per rank, the store row of each
+    position of each of its pieces (-1: no row)."""
+    from .store import DEFAULT_CHUNK_ROWS, IdIndex, RewardStore
 
-    ids, caps, shorts = [], [], []
-    rejected: list[tuple[str, str]] = []
-    first: dict[str, int] = {}
-    picks: dict[tuple[int, int], np.ndarray] = {}  # (rank, piece) -> index into ids per position, -1 none
-    n_seen = 0
-    for r, i in _global_order(parts, shares, texts):
-        p_ids, p_caps, p_shorts = texts[r]["pieces"][i]
-        sel = np.full(len(p_ids), -1, np.int64)
-        for j, sid in enumerate(p_ids):
-            if limit is not None and n_seen >= limit:
-                break
-            pos = n_seen
-            n_seen += 1
-            why = _id_problem(sid)
-            if why is None and sid in first:
-                why = f"duplicate id: sample {pos} of the data repeats the id of sample {first[sid]} (the first is kept)"
-            if why is not None:
-                rejected.append((sid, why))
+    order = _global_order(parts, shares, texts)
+    lengths = {(r, i): texts[r]["pieces"][i][0] for r, i in order}
+    offsets: dict[tuple[int, int], int] = {}
+    total = 0
+    for ri in order:
+        offsets[ri] = total
+        total += lengths[ri]
+    n_seen = total if limit is None else min(total, int(limit))
+    h = np.empty(total, dtype=np.uint64)
+    bad = np.zeros(total, dtype=bool)
+    for ri in order:
+        n, hh, bb = texts[ri[0]]["pieces"][ri[1]]
+        h[offsets[ri]: offsets[ri] + n], bad[offsets[ri]: offsets[ri] + n] = hh, bb
+    h, bad = h[:n_seen], bad[:n_seen]
+    reader = _SpoolReader(store_url, job, order, lengths)
+
+    # unusable ids (examples from the ranks, in the source's order) and duplicates (the first one is kept)
+    valid = np.flatnonzero(~bad)
+    _, first_idx = np.unique(h[valid], return_index=True)
+    is_first = np.zeros(len(valid), dtype=bool)
+    is_first[first_idx] = True
+    del first_idx
+    cand = valid[is_first]  # positions that get a row, in the source's order
+    dup_pos = valid[~is_first]
+    if dup_pos.size:  # the position of the first sample with each repeated id
+        kept = IdIndex(h[cand], cand)
+        dup_first = kept.rows_of_hashes(h[dup_pos])
+        del kept
+    del valid, is_first
+    examples: list[tuple[int, str, str]] = []
+    for r, t in enumerate(texts):
+        for i, j, sid, why in t["examples"]:
+            if offsets[(r, i)] + j < n_seen:
+                examples.append((offsets[(r, i)] + j, sid, why))
+    if dup_pos.size:  # read the duplicated ids back: example messages, and a 64-bit hash clash is caught here
+        first_of = dict(zip(dup_pos.tolist(), dup_first.tolist()))
+        wanted = set(first_of) | set(first_of.values())
+        seen_id: dict[int, str] = {}
+        n_dup_examples = 0
+        for pos, (sid, _, _) in reader.lines(n_seen):
+            if pos not in wanted:
                 continue
-            first[sid] = pos
-            sel[j] = len(ids)
-            ids.append(sid)
-            caps.append(p_caps[j])
-            shorts.append(p_shorts[j])
-        picks[(r, i)] = sel
-    for t in texts:  # e.g. a truncated webdataset shard
-        rejected.extend(tuple(p) for p in t["problems"])
-    if not ids:
+            seen_id[pos] = sid
+            f = first_of.get(pos)
+            if f is None:
+                continue
+            if seen_id[f] != sid:
+                raise MiroError(f"Sample ids {seen_id[f]!r} and {sid!r} share a 64-bit hash; rename one of them.")
+            if n_dup_examples < _REJECT_EXAMPLES:
+                n_dup_examples += 1
+                examples.append((pos, sid, f"duplicate id: sample {pos} of the data repeats the id of sample {f} "
+                                 "(the first is kept)"))
+    n_rejected = int(bad.sum()) + int(dup_pos.size)
+    if not cand.size:
         if n_seen:
+            first = min(examples)[2] if examples else "unusable id"
             raise MiroError(f"None of the {n_seen} samples of the data source has a usable id (first problem: "
-                            f"{rejected[0][1]}); fix the ids of the data.")
+                            f"{first}); fix the ids of the data.")
         raise MiroError("The data source yielded no samples; check the --data spec (and --limit).")
-    if rejected:
+    examples.sort()
+    by_reason: dict[str, int] = {}
+    if bad.any():
+        by_reason["unusable id"] = int(bad.sum())
+    if dup_pos.size:
+        by_reason["duplicate id"] = int(dup_pos.size)
+    src_problems = [tuple(p) for t in texts for p in t["problems"]]  # e.g. a truncated webdataset shard
+    for _, why in src_problems:
+        kind = why.split(":", 1)[0]
+        by_reason[kind] = by_reason.get(kind, 0) + 1
+    rejected_examples = [(sid, why) for _, sid, why in examples] + src_problems
+    if n_rejected or src_problems:
         log.warning("%d samples get no row in the store (%s, ...); they are recorded as rejected (`miro store "
-                    "info` counts them)", len(rejected), rejected[0][1])
-    have_short = any(x is not None for x in shorts)
-    store, _ = RewardStore.open_or_create(store_url, ids, caps, shorts if have_short else None,
-                                          chunk_rows=chunk_rows or DEFAULT_CHUNK_ROWS, config=job_config)
+                    "info` counts them)", n_rejected + len(src_problems), rejected_examples[0][1])
+
+    def read_new(mask: np.ndarray):
+        want = np.zeros(n_seen, dtype=bool)
+        want[cand[mask]] = True
+        ids, caps, shorts, nbytes = [], [], [], 0
+        for pos, (sid, cap, short) in reader.lines(n_seen):
+            if want[pos]:
+                ids.append(sid)
+                caps.append(cap)
+                shorts.append(short)
+                nbytes += len(sid) + len(cap) + len(short or "")
+                if len(ids) >= _PREP_BLOCK or nbytes >= _PREP_BYTES:
+                    yield ids, caps, shorts
+                    ids, caps, shorts, nbytes = [], [], [], 0
+        if ids:
+            yield ids, caps, shorts
+
+    have_short = any(t["short"] for t in texts)
+    store, cand_rows = RewardStore.open_or_create_rows(
+        store_url, h[cand], read_new, with_captions=True, with_short=have_short,
+        chunk_rows=chunk_rows or DEFAULT_CHUNK_ROWS, config=job_config)
+    reader.remove()
     for name, reward in rewards.items():
         store.ensure_reward(name, _reward_provenance(reward))
-    store.record_rejected(str(job_config.get("data", "")), rejected)
-    store.add_history({**job_config, "rejected": len(rejected), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    del caps, shorts, first
-    row_of = store.index_of(ids)
-    del ids
+    store.record_rejected_summary(str(job_config.get("data", "")), n_rejected + len(src_problems), by_reason,
+                                  rejected_examples)
+    store.add_history({**job_config, "rejected": n_rejected + len(src_problems),
+                       "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    row_of = np.full(total, -1, dtype=np.int64)
+    row_of[cand] = cand_rows
     out = []
     for r, pieces in enumerate(shares):
-        rows = []
-        for i in range(len(pieces)):
-            sel = picks[(r, i)]
-            rows.append(np.where(sel >= 0, row_of[sel.clip(0)], -1).astype(np.int64) if sel.size else sel)
-        out.append(rows)
+        out.append([row_of[offsets[(r, i)]: offsets[(r, i)] + lengths[(r, i)]].copy() for i in range(len(pieces))])
     return store, out
 
 
@@ -739,7 +920,8 @@ def score_dataset(
         "retry_failed": bool(retry_failed),
     }
     from .data.parts import source_parts
-    from .distributed import agree, all_reduce_sum, barrier, cleanup, gather_objects, init_distributed, scatter_objects
+    from .distributed import (agree, all_reduce_sum, barrier, broadcast_object, cleanup, gather_objects,
+                              init_distributed, scatter_objects)
 
     dist = init_distributed(torch.device(device).type, rank=rank, world_size=world_size)
     threads_before = torch.get_num_threads()
@@ -752,10 +934,11 @@ def score_dataset(
         shares = [parts.rank_pieces(r, dist.world_size, limit if parts.kind == "slices" else None)
                   for r in range(dist.world_size)]
         pieces = shares[dist.rank]
+        job = broadcast_object(uuid.uuid4().hex[:16] if dist.rank == 0 else None, dist)
         own_err = None
         try:
             mine_texts = ("ok", _read_texts(parts, pieces, limit if (parts.kind != "shards" or not dist.enabled)
-                                            else None))
+                                            else None, store_url, job, dist.rank))
         except Exception as exc:  # noqa: BLE001 - re-raised after telling the other ranks
             own_err, mine_texts = exc, ("error", f"rank {dist.rank}: {exc}")
         gathered = gather_objects(mine_texts, dist)
@@ -764,13 +947,15 @@ def score_dataset(
         if dist.rank == 0:
             bad = [m for kind, m in gathered if kind == "error"]
             if bad:
+                _discard_spool(store_url, job)
                 rows_by_rank = [("error", bad[0])] * dist.world_size
             else:
                 try:
-                    _, rows = _prepare_store(store_url, parts, shares, [t for _, t in gathered], objs, limit,
+                    _, rows = _prepare_store(store_url, job, parts, shares, [t for _, t in gathered], objs, limit,
                                              chunk_rows, job_config)
                     rows_by_rank = [("ok", r) for r in rows]
                 except Exception as exc:  # noqa: BLE001 - re-raised after telling the other ranks
+                    _discard_spool(store_url, job)
                     own_err = own_err or exc
                     rows_by_rank = [("error", f"rank 0 failed to prepare the reward store: {exc}")] * dist.world_size
             del gathered

@@ -26,7 +26,7 @@ metadata changes are serialised, and two jobs scoring the same rows of a reward 
 
 from __future__ import annotations
 
-__all__ = ["RewardStore", "STATUS", "FORMAT_VERSION", "open_store"]
+__all__ = ["RewardStore", "STATUS", "FORMAT_VERSION", "IdIndex", "hash_ids", "open_store"]
 
 import hashlib
 import json
@@ -127,6 +127,46 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
+def hash_ids(ids: Sequence[Any]) -> np.ndarray:
+    """64-bit BLAKE2b hashes of sample ids (``uint64``), the keys of :class:`IdIndex`."""
+    return np.fromiter((int.from_bytes(hashlib.blake2b(str(i).encode("utf-8", "surrogatepass"), digest_size=8)
+                                       .digest(), "little") for i in ids), dtype=np.uint64, count=len(ids))
+
+
+class IdIndex:
+    """Sample id -> store row through sorted 64-bit id hashes: 16 bytes per row, not a dict of strings.
+
+    Two store ids with one hash (or a repeated id) raise. An id that is not in the store is reported as missing
+    unless its hash equals a store id's hash (probability about ``rows / 2**64`` per lookup)."""
+
+    def __init__(self, hashes: np.ndarray, rows: np.ndarray | None = None):
+        h = np.asarray(hashes, dtype=np.uint64)
+        rows = np.arange(len(h), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+        order = np.argsort(h, kind="stable")
+        self.hashes, self.rows = h[order], rows[order]
+        if len(h) > 1 and bool((self.hashes[1:] == self.hashes[:-1]).any()):
+            raise StoreError("Two store ids share a 64-bit hash (or an id is duplicated); ids must be unique.")
+
+    @classmethod
+    def of_ids(cls, ids: Sequence[Any]) -> IdIndex:
+        return cls(hash_ids(ids))
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def rows_of_hashes(self, h: np.ndarray) -> np.ndarray:
+        """Row per hash, -1 when no store id has it."""
+        h = np.asarray(h, dtype=np.uint64)
+        if not len(self.hashes):
+            return np.full(len(h), -1, np.int64)
+        pos = np.searchsorted(self.hashes, h).clip(0, len(self.hashes) - 1)
+        return np.where(self.hashes[pos] == h, self.rows[pos], -1)
+
+    def rows_of(self, ids: Sequence[Any]) -> np.ndarray:
+        """Row per id, -1 when the id is not in the store."""
+        return self.rows_of_hashes(hash_ids(ids))
+
+
 class RewardStore:
     """A reward table (see the module docstring for the layout). Build with :meth:`create` / :meth:`open`."""
 
@@ -136,6 +176,7 @@ class RewardStore:
         self.mode = mode
         self._ids_cache: np.ndarray | None = None
         self._index: dict[str, int] | None = None
+        self._row_index: IdIndex | None = None
         self.locks: StoreLocks | NoLocks = locks_for(local_path(url)) if mode == "a" else NoLocks()
 
     def _refresh(self) -> None:
@@ -147,6 +188,7 @@ class RewardStore:
         self._group = zarr.open_group(store=self._group.store, mode="r+", use_consolidated=False)
         self._ids_cache = None
         self._index = None
+        self._row_index = None
 
     # ------------------------------------------------------------------------------------------ open
     @classmethod
@@ -241,6 +283,45 @@ class RewardStore:
                 self.append_rows([ids[i] for i in new], None if captions is None else [captions[i] for i in new],
                                  None if short_captions is None else [short_captions[i] for i in new])
             return self, len(new)
+
+    @classmethod
+    def open_or_create_rows(
+        cls,
+        url: str,
+        hashes: np.ndarray,
+        read_new,
+        *,
+        with_captions: bool,
+        with_short: bool,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        config: Mapping[str, Any] | None = None,
+    ) -> tuple[RewardStore, np.ndarray]:
+        """The streaming :meth:`open_or_create`, for data sets of any size.
+
+        ``hashes``: :func:`hash_ids` of the candidate ids (unique among themselves). ``read_new(mask)`` yields,
+        in candidate order, ``(ids, captions, short captions)`` blocks of the candidates where ``mask`` is True
+        (the ids the store lacks); they are written block by block and committed at once. One step under the
+        store lock. Returns the store and the row of every candidate."""
+        _silence_zarr_warnings()
+        if chunk_rows < 1:
+            raise StoreError(f"chunk_rows must be >= 1, got {chunk_rows}.")
+        hashes = np.asarray(hashes, dtype=np.uint64)
+        store = _to_store(url, "w")
+        with locks_for(local_path(url)).store():
+            if not cls._exists(store):
+                self = cls._create_locked(url, store, [], [] if with_captions else None, [] if with_short else None,
+                                          chunk_rows=chunk_rows, overwrite=False, config=config)
+            else:
+                self = cls.open(url, "a")
+            rows = self.row_index().rows_of_hashes(hashes) if self.num_rows else np.full(len(hashes), -1, np.int64)
+            new = rows < 0
+            n_new = int(new.sum())
+            start = self.num_rows
+            rows[new] = start + np.arange(n_new, dtype=np.int64)
+            if n_new:
+                self._append_blocks_locked(n_new, read_new(new), with_short=with_short, checked=True,
+                                           expect=hashes[new])
+            return self, rows
 
     @classmethod
     def open(cls, url: str, mode: str = "r") -> RewardStore:
@@ -398,6 +479,7 @@ class RewardStore:
             self._group["short_captions"][start : start + n] = _str_array(short_captions, n)
         self._ids_cache = None
         self._index = None
+        self._row_index = None
 
     # ------------------------------------------------------------------------------------------ rows
     def ids(self) -> np.ndarray:
@@ -414,21 +496,36 @@ class RewardStore:
         return _as_str(self._group["short_captions"][: self.num_rows])
 
     def id_index(self) -> dict[str, int]:
-        """``{id: row}`` for every row (cached)."""
+        """``{id: row}`` for every row (a dict of every id: for small stores; large ones use :meth:`row_index`)."""
         if self._index is None:
             self._index = {s: i for i, s in enumerate(self.ids().tolist())}
         return self._index
 
+    def id_hashes(self, block_rows: int | None = None) -> np.ndarray:
+        """:func:`hash_ids` of every row's id, read chunk by chunk (no list of every id is held)."""
+        n = self.num_rows
+        step = max(int(block_rows or self.chunk_rows * 16), 1)
+        out = np.empty(n, dtype=np.uint64)
+        arr = self._group["ids"]
+        for s in range(0, n, step):
+            e = min(n, s + step)
+            out[s:e] = hash_ids(np.asarray(arr[s:e]).tolist())
+        return out
+
+    def row_index(self) -> IdIndex:
+        """The :class:`IdIndex` of the committed rows (cached until rows are appended)."""
+        if self._row_index is None or len(self._row_index) != self.num_rows:
+            self._row_index = IdIndex(self.id_hashes())
+        return self._row_index
+
     def index_of(self, ids: Sequence[str]) -> np.ndarray:
         """Row numbers of ``ids``; :class:`StoreError` naming the first unknown id."""
-        index = self.id_index()
-        out = np.empty(len(ids), dtype=np.int64)
-        for k, i in enumerate(ids):
-            try:
-                out[k] = index[str(i)]
-            except KeyError:
-                raise StoreError(f"Sample id {i!r} is not in store {self.url} ({self.num_rows} rows).") from None
-        return out
+        ids = [str(i) for i in ids]
+        rows = self.row_index().rows_of(ids)
+        missing = np.flatnonzero(rows < 0)
+        if missing.size:
+            raise StoreError(f"Sample id {ids[int(missing[0])]!r} is not in store {self.url} ({self.num_rows} rows).")
+        return rows.astype(np.int64)
 
     def append_rows(self, ids: Sequence[str], captions: Sequence[str] | None = None, short_captions=None) -> None:
         """Append rows (all arrays grow; new rows are pending for every reward). Ids must stay unique."""
@@ -442,8 +539,24 @@ class RewardStore:
 
     def _append_rows_locked(self, ids, captions, short_captions) -> None:
         self._check_unique(ids, self.id_index())
+        self._append_blocks_locked(len(ids), [(ids, captions, short_captions)],
+                                   with_short=short_captions is not None, checked=True)
+
+    def append_blocks(self, n: int, blocks, *, with_short: bool = False) -> int:
+        """Append ``n`` rows given as an iterable of ``(ids, captions or None, short captions or None)`` blocks,
+        written block by block (memory of one block, not of the ``n`` rows), committed at once at the end.
+
+        The new ids must be unique and not in the store (checked through their hashes before the commit; an
+        interrupted or refused append leaves the committed rows as they were). Returns the first new row."""
+        self._writable()
+        with self.locks.store():
+            self._refresh()
+            return self._append_blocks_locked(int(n), blocks, with_short=with_short, checked=False)
+
+    def _append_blocks_locked(self, n_new: int, blocks, *, with_short: bool, checked: bool,
+                              expect: np.ndarray | None = None) -> int:
         start = self.num_rows
-        new_n = start + len(ids)
+        new_n = start + n_new
         if new_n > self._capacity() or any(a.shape[0] != self._capacity() for a in self._all_row_arrays()):
             cap = max(new_n, self._capacity())
             for arr in self._all_row_arrays():
@@ -452,17 +565,46 @@ class RewardStore:
                     # rows past the commit point may hold data of an interrupted append: reset them
                     arr[start:cap] = arr.fill_value
             self._consolidate()
-        if captions is None and self._has("captions"):
-            captions = [""] * len(ids)
-        if short_captions is not None and not self._has("short_captions"):
+        if with_short and not self._has("short_captions"):
             self._make_str("short_captions", self._capacity())
-        self._write_rows(start, ids, captions, short_captions)
+        hashes = [] if not checked and expect is None else None
+        old_index = self.row_index() if (hashes is not None and start) else None
+        at = start
+        for ids, captions, short_captions in blocks:
+            ids = [str(i) for i in ids]
+            k = len(ids)
+            if at + k > new_n:
+                raise StoreError(f"append_blocks: the blocks hold more than the {n_new} rows announced.")
+            if captions is None and self._has("captions"):
+                captions = [""] * k
+            if expect is not None:
+                if not np.array_equal(hash_ids(ids), expect[at - start : at - start + k]):
+                    raise StoreError(f"append: the ids written at rows {at}..{at + k - 1} are not the ids planned "
+                                     "for them (the data changed while the store was prepared?); nothing was "
+                                     "committed, rerun.")
+            elif hashes is not None:
+                if any(i == "" for i in ids):
+                    raise StoreError("Empty sample id; every sample needs a non-empty id.")
+                hashes.append(hash_ids(ids))
+            self._write_rows(at, ids, captions, short_captions)
+            at += k
+        if at != new_n:
+            raise StoreError(f"append_blocks: the blocks hold {at - start} rows, {n_new} were announced.")
+        if hashes is not None and n_new:
+            h = np.concatenate(hashes)
+            IdIndex(h)  # unique among themselves
+            clash = np.flatnonzero(old_index.rows_of_hashes(h) >= 0) if old_index is not None else np.array([], np.int64)
+            if clash.size:
+                dup = str(self._group["ids"][start + int(clash[0])])
+                raise StoreError(f"Duplicate sample id {dup!r}; ids must be unique in a reward store.")
         for arr in self._all_row_arrays():
             name = arr.path.split("/")[0]
             if name in ("done", "scores", "failures", "bins"):
                 arr[start:new_n] = arr.fill_value
-        self._group.attrs["num_rows"] = new_n
+        self._group.attrs["num_rows"] = new_n  # commit point
         self._consolidate()
+        self._ids_cache = self._index = self._row_index = None
+        return start
 
     # --------------------------------------------------------------------------------------- rewards
     def rewards(self) -> list[str]:
@@ -624,17 +766,22 @@ class RewardStore:
     def record_rejected(self, data: str, rejected: Sequence[tuple[str, str]], *, examples: int = 20) -> None:
         """Record the samples of data spec ``data`` that got no row (duplicate or unusable ids), replacing
         an earlier record of the same data (a rerun on the same data finds the same ones again)."""
-        self._writable()
         by_reason: dict[str, int] = {}
         for _, reason in rejected:
             kind = reason.split(":", 1)[0]
             by_reason[kind] = by_reason.get(kind, 0) + 1
-        entry = {"count": len(rejected), "by_reason": by_reason,
-                 "examples": [[repr(i) if not i.isprintable() else i, r] for i, r in list(rejected)[:examples]]}
+        self.record_rejected_summary(data, len(rejected), by_reason, list(rejected)[:examples], keep=examples)
+
+    def record_rejected_summary(self, data: str, count: int, by_reason: Mapping[str, int],
+                                examples: Sequence[tuple[str, str]], *, keep: int = 20) -> None:
+        """:meth:`record_rejected` from counts (``{reason kind: n}``) and the first ``(id, reason)`` examples."""
+        self._writable()
+        entry = {"count": int(count), "by_reason": {str(k): int(v) for k, v in by_reason.items()},
+                 "examples": [[repr(i) if not i.isprintable() else i, r] for i, r in list(examples)[:keep]]}
         with self.locks.store():
             self._refresh()
             rec = dict(self._group.attrs.get("rejected", {}))
-            if rejected:
+            if count:
                 rec[str(data)] = entry
             else:
                 rec.pop(str(data), None)

@@ -162,7 +162,7 @@ def test_second_job_on_the_same_rows_is_refused(tmp_path):
     helpers.write_folder(root, 24)
     url = str(tmp_path / "s")
     argv = ["score", "--data", str(root), "--rewards", "brightness", "--store", url, "--batch-size", "2",
-            "--chunk-rows", "4", "--workers", "0", "--no-progress", "--reward-option", "brightness.sleep=0.3"]
+            "--chunk-rows", "4", "--workers", "0", "--no-progress", "--reward-option", "brightness.sleep=1.0"]
     first = _helper(*argv)
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until the first job is scoring (it has claimed its rows)

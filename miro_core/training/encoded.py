@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from .._errors import ConfigError, StoreError
+from ..store import IdIndex
 
 log = logging.getLogger(__name__)
 
@@ -299,29 +300,6 @@ def encode_dataset(source: Any, url: str, text_encoder: Any, autoencoder: Any, *
 # ---------------------------------------------------------------------------------------------------
 # Streaming
 # ---------------------------------------------------------------------------------------------------
-def _hash_ids(ids: Sequence[str]) -> np.ndarray:
-    return np.fromiter((int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little")
-                        for i in ids), dtype=np.uint64, count=len(ids))
-
-
-class _IdIndex:
-    """Store id -> row through sorted 64-bit hashes (12 bytes per row; a hash collision is detected and fails)."""
-
-    def __init__(self, ids: Sequence[str]):
-        h = _hash_ids(ids)
-        order = np.argsort(h, kind="stable")
-        self.hashes, self.rows = h[order], order.astype(np.int64)
-        if len(h) > 1 and bool((self.hashes[1:] == self.hashes[:-1]).any()):
-            raise StoreError("Two store ids share a 64-bit hash (or an id is duplicated); ids must be unique.")
-
-    def rows_of(self, ids: Sequence[str]) -> np.ndarray:
-        """Row per id, -1 when the id is not in the store."""
-        h = _hash_ids(ids)
-        pos = np.searchsorted(self.hashes, h).clip(0, max(len(self.hashes) - 1, 0))
-        found = (len(self.hashes) > 0) & (self.hashes[pos] == h) if len(self.hashes) else np.zeros(len(h), bool)
-        return np.where(found, self.rows[pos] if len(self.rows) else -1, -1)
-
-
 class StreamingData:
     """A rank's stream of ``(latent, text tokens, levels)`` samples from an encoded dataset (module doc)."""
 
@@ -338,12 +316,14 @@ class StreamingData:
         self.own = list(range(self.rank, header.units, self.world_size))
         self.rewards = tuple(rewards)
         self.levels_table: np.ndarray | None = None
-        self.index: _IdIndex | None = None
+        self.index: IdIndex | None = None
         if self.rewards:
             if store is None:
                 raise ConfigError("Streaming with rewards needs the reward store (data.store).")
             self.levels_table = np.asarray(store.levels(list(self.rewards), binner), dtype=np.float32)
-            self.index = _IdIndex([str(x) for x in np.asarray(store.ids()).tolist()])
+            # a RewardStore hashes its ids chunk by chunk (16 bytes a row, no list of every id)
+            self.index = (store.row_index() if hasattr(store, "row_index")
+                          else IdIndex.of_ids([str(x) for x in np.asarray(store.ids()).tolist()]))
         # kept rows per own shard, from the shard headers alone (ids are in the metadata)
         self.kept: dict[int, np.ndarray] = {}
         self.skipped_not_in_store = 0
