@@ -197,7 +197,9 @@ class MiroRun(RunContext):
         from .report import read_json, to_jsonable, write_json
 
         tc = self.train_config(name, rewards)
-        key = cache_hash({"train": unstructure(tc), "eval": curve_key(self)})
+        train_key = unstructure(tc)
+        train_key.pop("parallel", None)  # how the ranks share the work (DDP / FSDP), not what is trained
+        key = cache_hash({"train": train_key, "eval": curve_key(self)})
         mdir = self.out / "models" / name
         key_file, done, curve_file = mdir / "key.txt", mdir / "result.json", mdir / "curve.jsonl"
         if mdir.exists() and (not key_file.exists() or key_file.read_text().strip() != key):

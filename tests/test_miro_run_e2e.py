@@ -92,3 +92,11 @@ def test_rerun_reuses_finished_phases(tiny_run, capsys):
     assert m["scoring"]["rows_processed"] == 0  # the store was complete: nothing rescored
     assert m["reward_table"] == scored_before
     assert "report:" in capsys.readouterr().out
+
+
+def test_switching_ddp_and_fsdp_reuses_the_trained_models(tiny_run):
+    """``train.parallel`` says how ranks share the work, not what is trained: it is not part of the model key."""
+    out = tiny_run
+    before = {p: p.stat().st_mtime_ns for p in (out / "models").rglob("*") if p.is_file()}
+    assert main(["--preset", "tiny", "--out", str(out), "--no-progress", "--set", "train.parallel=fsdp"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "models").rglob("*") if p.is_file()} == before
