@@ -284,6 +284,13 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError(f"--steps {cfg.steps}: train for at least 1 step.")
     if not cfg.rewards and not cfg.baseline:
         raise ConfigError("No rewards and no baseline: nothing to train. Give --rewards or drop --no-baseline.")
+    if not cfg.rewards and not cfg.eval_rewards:
+        import logging
+
+        logging.getLogger("miro_eval.run").warning(
+            "--rewards none and no eval_rewards: the baseline is trained and sampled but no reward scores it (the "
+            "reward table, curves and convergence are empty). To measure it, name the rewards to score with, e.g. "
+            "--set 'eval_rewards=[\"world_sharpness\", \"world_alignment\"]'.")
     for field in ("positive_targets", "negative_targets"):
         for r, v in getattr(cfg.eval, field).items():
             if r not in cfg.rewards:

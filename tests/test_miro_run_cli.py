@@ -100,3 +100,17 @@ def test_console_script_exit_code():
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert proc.returncode == 2
     assert "Unknown preset 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_rewards_none_without_eval_rewards_warns_how_to_measure_the_baseline(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="miro_eval.run"):
+        resolve_config(build_parser().parse_args(["--rewards", "none", "--preset", "tiny"]))
+    assert any("no reward scores it" in r.getMessage() and "eval_rewards" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="miro_eval.run"):
+        cfg = resolve_config(build_parser().parse_args(["--rewards", "none", "--preset", "tiny", "--set",
+                                                        'eval_rewards=["world_sharpness"]']))
+    assert cfg.eval_rewards == ("world_sharpness",)
+    assert not any("no reward scores it" in r.getMessage() for r in caplog.records)
