@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -96,14 +97,11 @@ def _shards(d: Path) -> list[str]:
 
 
 def _encoded_per_rank(text: str) -> dict[int, tuple[int, int]]:
-    """``{rank: (encoded, skipped)}`` from the command's last lines."""
+    """``{rank: (encoded, skipped)}`` from the command's summary lines, found anywhere in the output: both ranks and
+    their logs share one pipe, so a summary need not start a line (another process's write may precede it)."""
     out = {}
-    for line in text.splitlines():
-        if line.startswith("rank ") and " already there" in line:
-            head = line.split(":", 1)
-            rank = int(head[0].split()[1])
-            words = head[1].split()
-            out[rank] = (int(words[1]), int(words[5]))
+    for m in re.finditer(r"rank (\d+): encoded (\d+) shards \(\d+ samples\), (\d+) already there", text):
+        out[int(m.group(1))] = (int(m.group(2)), int(m.group(3)))
     return out
 
 
