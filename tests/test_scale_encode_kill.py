@@ -110,8 +110,9 @@ def test_kill9_a_torchrun_encode_then_resume_equals_uninterrupted(world, tmp_pat
     from safetensors.torch import load_file
 
     full = tmp_path / "full"
-    done_full = _encoded_per_rank(_finish(_launch(tmp_path, "full", world, full, False)))
-    assert done_full == {0: (SHARDS // 2, 0), 1: (SHARDS // 2, 0)}, done_full
+    text_full = _finish(_launch(tmp_path, "full", world, full, False))
+    done_full = _encoded_per_rank(text_full)
+    assert done_full == {0: (SHARDS // 2, 0), 1: (SHARDS // 2, 0)}, (done_full, text_full[-3000:])
 
     out = tmp_path / "killed"
     proc = _launch(tmp_path, "killed", world, out, True)
