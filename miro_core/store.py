@@ -313,7 +313,7 @@ class RewardStore:
                                           chunk_rows=chunk_rows, overwrite=False, config=config)
             else:
                 self = cls.open(url, "a")
-            rows = self.row_index().rows_of_hashes(hashes) if self.num_rows else np.full(len(hashes), -1, np.int64)
+            rows = self.row_index().rows_of_hashes(hashes)
             new = rows < 0
             n_new = int(new.sum())
             start = self.num_rows

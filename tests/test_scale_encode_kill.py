@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import torch
 from miro_core.training.encoded import open_encoded
 
 from _miro_train_fakes import miro_host_module  # noqa: F401
+from _torchrun_kill import kill_torchrun
 
 pytestmark = pytest.mark.usefixtures("miro_host_module")
 TESTS = Path(__file__).resolve().parent
@@ -79,19 +79,6 @@ def _finish(proc) -> str:
     return text
 
 
-def _children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(x) for x in f.read().split()]
-
-
-def _state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "X"
-
-
 def _shards(d: Path) -> list[str]:
     return sorted(p.name for p in d.iterdir() if p.name.startswith("shard-") and p.name.endswith(".safetensors"))
 
@@ -123,15 +110,7 @@ def test_kill9_a_torchrun_encode_then_resume_equals_uninterrupted(world, tmp_pat
             break  # some shards done, one being written
         time.sleep(0.02)
     assert proc.poll() is None, "the encode ended before the kill"
-    ranks = _children(proc.pid)  # torchrun starts each rank in a session of its own: kill them by pid
-    assert len(ranks) == 2, ranks
-    for pid in [*ranks, proc.pid]:
-        os.kill(pid, signal.SIGKILL)
-    proc.wait()
-    for pid in ranks:
-        deadline = time.monotonic() + 10
-        while os.path.exists(f"/proc/{pid}") and _state(pid) != "Z" and time.monotonic() < deadline:
-            time.sleep(0.05)
+    kill_torchrun(proc)
     before = _shards(out)
     assert 4 <= len(before) < SHARDS, before
     left = [p.name for p in out.iterdir() if ".tmp-" in p.name]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from miro_core.training.encoded import StreamingData, encode_dataset, open_encod
 from miro_core.training.loop import StreamBatcher
 
 from _miro_train_fakes import FakeStore, make_store, miro_host_module, tiny_config  # noqa: F401
+from _torchrun_kill import kill_torchrun
 
 pytestmark = pytest.mark.usefixtures("miro_host_module")
 TESTS = Path(__file__).resolve().parent
@@ -142,19 +142,6 @@ def _launch(tmp_path, name, cfg, out, resume, slow):
     return proc, hist
 
 
-def _children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(x) for x in f.read().split()]
-
-
-def _state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "X"
-
-
 def _finish(proc, hist) -> list[dict]:
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, out.decode()[-4000:]
@@ -178,15 +165,7 @@ def test_kill9_a_streaming_torchrun_run_then_resume_equals_uninterrupted(tmp_pat
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before the kill"
-    ranks = _children(proc.pid)  # torchrun starts each rank in a session of its own: kill them by pid
-    assert len(ranks) == 2, ranks
-    for pid in [*ranks, proc.pid]:
-        os.kill(pid, signal.SIGKILL)
-    proc.wait()
-    for pid in ranks:
-        deadline = time.monotonic() + 10
-        while os.path.exists(f"/proc/{pid}") and _state(pid) != "Z" and time.monotonic() < deadline:
-            time.sleep(0.05)
+    kill_torchrun(proc)
     done = sorted(p.name for p in ckpts.iterdir() if p.name.startswith("step_") and ".tmp" not in p.name)
     assert done and done[-1] < f"step_{steps:08d}", done
     resumed = _finish(*_launch(tmp_path, "resumed", cfg, out, True, False))

@@ -23,6 +23,7 @@ from miro_core.training.checkpoint import load_for_inference, load_state_dict_fi
 from miro_core.training.config import TrainConfig
 
 from _miro_train_fakes import make_store, miro_host_module, tiny_config  # noqa: F401
+from _torchrun_kill import kill_torchrun
 
 pytestmark = pytest.mark.usefixtures("miro_host_module")
 TESTS = Path(__file__).resolve().parent
@@ -199,19 +200,6 @@ def test_fsdp_equals_ddp_and_one_process_and_checkpoints_resume_across_modes(tmp
         assert json.loads((_ckpt(out, 4) / "config.json").read_text())["parallel"] == mode
 
 
-def _children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(x) for x in f.read().split()]
-
-
-def _state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "X"
-
-
 @pytest.mark.slow
 def test_kill9_an_fsdp_run_then_resume_equals_uninterrupted(tmp_path):
     steps = 10
@@ -227,15 +215,7 @@ def test_kill9_an_fsdp_run_then_resume_equals_uninterrupted(tmp_path):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before the kill"
-    ranks = _children(proc.pid)  # torchrun starts each rank in a session of its own: kill them by pid
-    assert len(ranks) == 2, ranks
-    for pid in [*ranks, proc.pid]:
-        os.kill(pid, signal.SIGKILL)
-    proc.wait()
-    for pid in ranks:
-        deadline = time.monotonic() + 10
-        while os.path.exists(f"/proc/{pid}") and _state(pid) != "Z" and time.monotonic() < deadline:
-            time.sleep(0.05)
+    kill_torchrun(proc)
     done = sorted(p.name for p in ckpts.iterdir() if p.name.startswith("step_"))
     assert done and done[-1] < f"step_{steps:08d}", done
     resumed = _run(tmp_path, "resumed", cfg, out, resume=True)
