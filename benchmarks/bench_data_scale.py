@@ -35,6 +35,27 @@ ROOT = Path(__file__).resolve().parents[1]
 MIRO = [sys.executable, "-m", "miro_core.cli"]
 
 
+def shallow_minilm(out: Path, layers: int) -> str:
+    """A MiniLM-L6-shaped ``BertModel`` (same tokenizer, 384-d token states, so the same bytes per encoded sample)
+    with only ``layers`` transformer layers and random weights, saved with ``save_pretrained``. The ``minilm`` text
+    encoder loads it through ``model_path`` by the same code path as the real weights; it exists so that the 1M
+    point measures the data path's memory without the ~6 h the six real layers take on 2 cores."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+    from miro_models.text_encoders.minilm import bundled_model_path
+
+    if (out / "config.json").exists():
+        return str(out)
+    src = bundled_model_path()
+    cfg = BertConfig.from_pretrained(src)
+    cfg.num_hidden_layers = layers
+    torch.manual_seed(0)
+    tmp = out.with_name(out.name + ".tmp")
+    BertModel(cfg).save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(src).save_pretrained(tmp)
+    os.replace(tmp, out)
+    return str(out)
+
+
 def timed(cmd: list[str]) -> dict:
     t0 = time.perf_counter()
     p = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True,
@@ -234,11 +255,17 @@ def main(argv=None):
     ap.add_argument("--scoring", action="store_true", help="the scoring figures (see the module doc)")
     ap.add_argument("--overlap", action="store_true", help="loader + unet step with and without prefetch")
     ap.add_argument("--no-train", action="store_true", help="skip encode / train / loader figures")
+    ap.add_argument("--text-encoder-layers", type=int, default=0,
+                    help="encode with a MiniLM-shaped BERT of this many random layers (0 = the real 6-layer minilm)")
     ap.add_argument("--loader-only", action="store_true", help="only the loader rate (existing encoding) and the "
                     "consumers' step rates")
     args = ap.parse_args(argv)
     rin_small = {"interface_dim": 64, "latent_dim": 96, "num_latents": 16, "num_blocks": 1, "layers_per_block": 2,
                  "heads": 2, "interface_heads": 2, "patch_size": 4}
+    text = ["--set", "model.text_encoder.name=minilm"]
+    if args.text_encoder_layers:
+        path = shallow_minilm(Path(args.work) / f"minilm-{args.text_encoder_layers}layer", args.text_encoder_layers)
+        text += ["--set", f"model.text_encoder.options.model_path={path}"]
     consumers = {} if args.no_train else {"unet": step_rate("unet", {}), "rin_small": step_rate("rin", rin_small)}
     for n in (int(x) for x in args.sizes.split(",")):
         work = Path(args.work) / str(n)
@@ -248,7 +275,8 @@ def main(argv=None):
         subprocess.run([*MIRO, "world", "export", "--num-samples", str(n), "--out", pattern, "--no-progress"], check=True)
         export_s = round(time.perf_counter() - t0, 1)  # existing shards are kept: 0 s when they are there
         enc = str(work / "enc")
-        row = {"samples": n, "shards": shards, "export_s": export_s}
+        row = {"samples": n, "shards": shards, "export_s": export_s,
+               "text_encoder_layers": args.text_encoder_layers or 6}
         if args.loader_only:
             loader = loader_rate(enc)
             print(json.dumps({"samples": n, **loader, "consumer_samples_per_s": {k: round(v, 1) for k, v in consumers.items()},
@@ -260,11 +288,11 @@ def main(argv=None):
         if args.overlap:
             row["overlap"] = overlap(enc)
         if not args.no_train:
-            encode = timed([*MIRO, "encode", "--data", pattern, "--out", enc, "--no-progress",
-                            "--set", "model.text_encoder.name=minilm", "--set", "data.image_size=32"])
+            encode = timed([*MIRO, "encode", "--data", pattern, "--out", enc, "--no-progress", *text,
+                            "--set", "data.image_size=32"])
             train = timed([*MIRO, "train", "--data", pattern, "--rewards", "none", "--backbone", "unet", "--steps",
                            str(args.steps), "--batch-size", "32", "--out", str(work / "run"), "--no-progress",
-                           "--set", f"data.encoded={enc}", "--set", "model.text_encoder.name=minilm",
+                           "--set", f"data.encoded={enc}", *text,
                            "--set", "data.image_size=32", "--set", "checkpoint_every=0", "--device", "cpu"])
             loader = loader_rate(enc)
             row.update({"encode": encode, "train": train, **loader,

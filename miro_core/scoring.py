@@ -325,6 +325,46 @@ def _remove_spool(store_url: str, job: str) -> None:
         log.debug("could not remove the spool %s", root)
 
 
+#: a job's spool untouched for this long belongs to a job that was killed (a live one writes or is read within
+#: minutes): the next job on the store removes it
+SPOOL_STALE_S = 6 * 3600
+
+
+def _sweep_stale_spools(store_url: str, older_than_s: float = SPOOL_STALE_S, now: float | None = None) -> list[str]:
+    """Remove the spools of killed jobs (``.miro-spool/<job>/`` whose newest file is older than ``older_than_s``);
+    returns the removed job tokens. Best effort: a listing or removal error only logs."""
+    fs, root = _spool(store_url, "x")
+    base = root.rsplit("/", 1)[0]
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        if not fs.exists(base):
+            return removed
+        for d in fs.ls(base, detail=True):
+            if d.get("type") != "directory":
+                continue
+            stamps = [_mtime(e) for e in fs.ls(d["name"], detail=True)] or [_mtime(d)]
+            if now - max(stamps) > older_than_s:
+                fs.rm(d["name"], recursive=True)
+                removed.append(d["name"].rstrip("/").rsplit("/", 1)[-1])
+    except OSError as exc:  # pragma: no cover - best effort
+        log.debug("could not sweep the spools under %s: %s", base, exc)
+    if removed:
+        log.warning("removed %d ids-pass spool(s) of killed jobs from %s (untouched for over %.0f h): %s",
+                    len(removed), base, older_than_s / 3600, ", ".join(removed))
+    return removed
+
+
+def _mtime(entry: dict) -> float:
+    t = entry.get("mtime", entry.get("LastModified", entry.get("updated", 0.0)))
+    if hasattr(t, "timestamp"):
+        return float(t.timestamp())
+    try:
+        return float(t)
+    except (TypeError, ValueError):  # an unparsable stamp counts as fresh: never remove what we cannot date
+        return time.time()
+
+
 def _discard_spool(store_url: str, job: str) -> None:
     """Remove the spool after a failed ids pass, and the store folder too if the spool was all it held."""
     from .store import local_path
@@ -934,6 +974,8 @@ def score_dataset(
         shares = [parts.rank_pieces(r, dist.world_size, limit if parts.kind == "slices" else None)
                   for r in range(dist.world_size)]
         pieces = shares[dist.rank]
+        if dist.rank == 0:
+            _sweep_stale_spools(store_url)
         job = broadcast_object(uuid.uuid4().hex[:16] if dist.rank == 0 else None, dist)
         own_err = None
         try:

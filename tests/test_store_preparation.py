@@ -170,6 +170,31 @@ def test_the_spool_does_not_outlive_a_failed_ids_pass(tmp_path):
     assert not url.exists()
 
 
+def test_the_next_job_removes_the_spool_of_a_killed_job_and_keeps_a_live_one(tmp_path, caplog):
+    import os
+    import time
+
+    from miro_core.scoring import SPOOL_STALE_S, score_dataset
+
+    url = tmp_path / "s.zarr"
+    killed, live = url / ".miro-spool" / "killedjob", url / ".miro-spool" / "livejob"
+    for d, age in ((killed, SPOOL_STALE_S + 60), (live, SPOOL_STALE_S - 600)):
+        d.mkdir(parents=True)
+        f = d / "r0.jsonl.tmp"
+        f.write_text('["a", "b", null]\n')
+        stamp = time.time() - age
+        os.utime(f, (stamp, stamp))
+    done = live / "r1.jsonl"  # a rank that finished long ago: the job's newest file decides
+    done.write_text("")
+    os.utime(done, (time.time() - 10 * SPOOL_STALE_S,) * 2)
+    with caplog.at_level("WARNING", logger="miro_core.scoring"), pytest.raises(MiroError, match="has a usable id"):
+        score_dataset(_src(n=3, caption_len=5, bad=(0, 1, 2)), ["world_sharpness"], str(url), workers=0,
+                      progress=False)
+    assert not killed.exists()
+    assert (live / "r0.jsonl.tmp").exists()  # a job that wrote within the window may still be running
+    assert "killedjob" in caplog.text and "livejob" not in caplog.text
+
+
 # -- the streaming append of the store -------------------------------------------------------------------
 def _blocks(ids, size):
     for s in range(0, len(ids), size):
