@@ -34,7 +34,12 @@ def run_dir(tmp_path_factory):
 def test_model_plan_of_paper_mini():
     from miro_eval.run import MiroRun, build_parser, resolve_config
 
-    cfg = resolve_config(build_parser().parse_args(["--preset", "paper-mini", "--rewards", "world_sharpness,world_vividness,world_cleanliness"]))
+    rewards = ["--rewards", "world_sharpness,world_vividness,world_cleanliness"]
+    cfg = resolve_config(build_parser().parse_args(["--preset", "paper-mini", *rewards]))
+    assert MiroRun(cfg, "unused").model_plan() == {"miro": ("world_sharpness", "world_vividness", "world_cleanliness"),
+                                                   "baseline": ()}  # the ablations are opt-in
+    ablations = ["--set", "experiments.single_reward=true", "--set", "experiments.leave_one_out=true"]
+    cfg = resolve_config(build_parser().parse_args(["--preset", "paper-mini", *rewards, *ablations]))
     plan = MiroRun(cfg, "unused").model_plan()
     assert plan == {
         "miro": ("world_sharpness", "world_vividness", "world_cleanliness"),
