@@ -257,6 +257,9 @@ def main(argv=None):
     ap.add_argument("--no-train", action="store_true", help="skip encode / train / loader figures")
     ap.add_argument("--text-encoder-layers", type=int, default=0,
                     help="encode with a MiniLM-shaped BERT of this many random layers (0 = the real 6-layer minilm)")
+    ap.add_argument("--with-store", action="store_true",
+                    help="also score world_sharpness into WORK/N/join.zarr, bin it and time a streaming train that "
+                         "joins the reward levels from the store by id")
     ap.add_argument("--loader-only", action="store_true", help="only the loader rate (existing encoding) and the "
                     "consumers' step rates")
     args = ap.parse_args(argv)
@@ -294,6 +297,17 @@ def main(argv=None):
                            str(args.steps), "--batch-size", "32", "--out", str(work / "run"), "--no-progress",
                            "--set", f"data.encoded={enc}", *text,
                            "--set", "data.image_size=32", "--set", "checkpoint_every=0", "--device", "cpu"])
+            if args.with_store:
+                store = str(work / "join.zarr")
+                row["score_for_join"] = timed([*MIRO, "score", "--data", pattern, "--rewards", "world_sharpness",
+                                               "--store", store, "--batch-size", "64", "--workers", "1",
+                                               "--no-progress"])
+                subprocess.run([*MIRO, "bin", "--store", store, "--bins", "16"], check=True, capture_output=True)
+                row["train_join"] = timed([*MIRO, "train", "--data", pattern, "--store", store, "--rewards",
+                                           "world_sharpness", "--backbone", "unet", "--steps", str(args.steps),
+                                           "--batch-size", "32", "--out", str(work / "run_join"), "--no-progress",
+                                           "--set", f"data.encoded={enc}", *text, "--set", "data.image_size=32",
+                                           "--set", "checkpoint_every=0", "--device", "cpu"])
             loader = loader_rate(enc)
             row.update({"encode": encode, "train": train, **loader,
                         "consumer_samples_per_s": {k: round(v, 1) for k, v in consumers.items()},
