@@ -293,21 +293,21 @@ def main(argv=None):
         if not args.no_train:
             encode = timed([*MIRO, "encode", "--data", pattern, "--out", enc, "--no-progress", *text,
                             "--set", "data.image_size=32"])
-            train = timed([*MIRO, "train", "--data", pattern, "--rewards", "none", "--backbone", "unet", "--steps",
-                           str(args.steps), "--batch-size", "32", "--out", str(work / "run"), "--no-progress",
-                           "--set", f"data.encoded={enc}", *text,
-                           "--set", "data.image_size=32", "--set", "checkpoint_every=0", "--device", "cpu"])
+
+            def train_cmd(out: str, *rewards: str) -> list[str]:
+                return [*MIRO, "train", "--data", pattern, *rewards, "--backbone", "unet", "--steps", str(args.steps),
+                        "--batch-size", "32", "--out", str(work / out), "--no-progress", "--set",
+                        f"data.encoded={enc}", *text, "--set", "data.image_size=32", "--set", "checkpoint_every=0",
+                        "--device", "cpu"]
+
+            train = timed(train_cmd("run", "--rewards", "none"))
             if args.with_store:
                 store = str(work / "join.zarr")
                 row["score_for_join"] = timed([*MIRO, "score", "--data", pattern, "--rewards", "world_sharpness",
                                                "--store", store, "--batch-size", "64", "--workers", "1",
                                                "--no-progress"])
                 subprocess.run([*MIRO, "bin", "--store", store, "--bins", "16"], check=True, capture_output=True)
-                row["train_join"] = timed([*MIRO, "train", "--data", pattern, "--store", store, "--rewards",
-                                           "world_sharpness", "--backbone", "unet", "--steps", str(args.steps),
-                                           "--batch-size", "32", "--out", str(work / "run_join"), "--no-progress",
-                                           "--set", f"data.encoded={enc}", *text, "--set", "data.image_size=32",
-                                           "--set", "checkpoint_every=0", "--device", "cpu"])
+                row["train_join"] = timed(train_cmd("run_join", "--store", store, "--rewards", "world_sharpness"))
             loader = loader_rate(enc)
             row.update({"encode": encode, "train": train, **loader,
                         "consumer_samples_per_s": {k: round(v, 1) for k, v in consumers.items()},

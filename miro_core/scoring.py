@@ -299,27 +299,33 @@ _PREP_BYTES = 1 << 20
 _REJECT_EXAMPLES = 20
 
 
-def _spool(store_url: str, job: str):
-    """``(filesystem, folder)`` of one job's ids-pass spool: ``<store>/.miro-spool/<job>/`` (plain files, not
-    zarr nodes; ``job`` is a random token rank 0 draws, so concurrent jobs on one store do not meet)."""
+def _spool_base(store_url: str):
+    """``(filesystem, folder)`` holding every job's ids-pass spool: ``<store>/.miro-spool``."""
     import fsspec
 
     from .store import local_path
 
     lp = local_path(store_url)
     if lp is not None:
-        return fsspec.filesystem("file"), os.path.join(lp, ".miro-spool", job)
+        return fsspec.filesystem("file"), os.path.join(lp, ".miro-spool")
     fs, root = fsspec.core.url_to_fs(store_url)
-    return fs, root.rstrip("/") + "/.miro-spool/" + job
+    return fs, root.rstrip("/") + "/.miro-spool"
+
+
+def _spool(store_url: str, job: str):
+    """``(filesystem, folder)`` of one job's ids-pass spool: ``<store>/.miro-spool/<job>/`` (plain files, not
+    zarr nodes; ``job`` is a random token rank 0 draws, so concurrent jobs on one store do not meet)."""
+    fs, base = _spool_base(store_url)
+    return fs, f"{base}/{job}"
 
 
 def _remove_spool(store_url: str, job: str) -> None:
     fs, root = _spool(store_url, job)
+    parent = _spool_base(store_url)[1]
     try:
         if fs.exists(root):
             fs.rm(root, recursive=True)
-        parent = root.rsplit("/", 1)[0] if "/" in root else None
-        if parent and fs.exists(parent) and not fs.ls(parent):
+        if fs.exists(parent) and not fs.ls(parent):
             fs.rm(parent, recursive=True)
     except OSError:  # pragma: no cover - best effort
         log.debug("could not remove the spool %s", root)
@@ -333,8 +339,7 @@ SPOOL_STALE_S = 6 * 3600
 def _sweep_stale_spools(store_url: str, older_than_s: float = SPOOL_STALE_S, now: float | None = None) -> list[str]:
     """Remove the spools of killed jobs (``.miro-spool/<job>/`` whose newest file is older than ``older_than_s``);
     returns the removed job tokens. Best effort: a listing or removal error only logs."""
-    fs, root = _spool(store_url, "x")
-    base = root.rsplit("/", 1)[0]
+    fs, base = _spool_base(store_url)
     now = time.time() if now is None else now
     removed = []
     try:
